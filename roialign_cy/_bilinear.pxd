@@ -1,0 +1,278 @@
+# The per-RoI sample table (the seed's `pre_calc`) and its helpers.
+#
+# Every formula here is torchvision's `roi_align`, evaluated in the features' float type T in
+# the same order, so that the numbers agree to the last bit where torchvision's are defined.
+# What is new: only samples that fall inside [-1, H] x [-1, W] are visited. A sample outside
+# contributes 0 in torchvision too, so skipping it changes no number, but it bounds the work
+# of a huge box with an adaptive grid by the size of the map instead of the size of the box.
+
+from libc.math cimport ceil, floor, fmax, fmin, isfinite
+from libc.stdlib cimport free, malloc, realloc
+
+ctypedef fused floating:
+    float
+    double
+
+# Up to this many samples per bin are simply all evaluated; beyond it the samples that can
+# reach the map are found analytically first (huge boxes with an adaptive grid).
+cdef enum:
+    SMALL_GRID = 64
+
+
+cdef struct AxisSample:
+    # One sample coordinate along one axis, already clamped as in torchvision.
+    Py_ssize_t low     # offset (in elements) of the lower neighbour row/column
+    Py_ssize_t high    # offset of the upper neighbour (== low at the border)
+    double frac_low    # weight of `low`  (1 - l, a value of type T held exactly)
+    double frac_high   # weight of `high` (l)
+
+
+cdef struct RoIGrid:
+    # Where the samples of one RoI lie: torchvision's roi_start, bin_size, roi_bin_grid.
+    double start_y
+    double start_x
+    double bin_h
+    double bin_w
+    double grid_h      # samples per bin along y; >= 0, may exceed any integer type
+    double grid_w
+    double count       # torchvision's divisor: max(grid_h * grid_w, 1)
+
+
+cdef struct SampleTable:
+    # Scratch owned by one thread, reused for every RoI it handles (grown, never shrunk).
+    Py_ssize_t n_bins              # PH * PW
+    Py_ssize_t* bin_first          # n_bins + 1: samples of bin b are [bin_first[b], bin_first[b + 1])
+    Py_ssize_t* y_first            # PH + 1, the same for the y axis samples
+    Py_ssize_t* x_first            # PW + 1
+    AxisSample* y_samples
+    AxisSample* x_samples
+    Py_ssize_t axis_capacity       # entries y_samples and x_samples can each hold
+    Py_ssize_t* corner_offsets     # 4 per sample: element offsets of the 4 bilinear taps
+    void* corner_weights           # 4 per sample, of type T
+    Py_ssize_t sample_capacity
+
+
+cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
+    """Allocate the per-bin index arrays of an empty table; False when out of memory."""
+    table.n_bins = pooled_h * pooled_w
+    table.bin_first = <Py_ssize_t*>malloc((table.n_bins + 1) * sizeof(Py_ssize_t))
+    table.y_first = <Py_ssize_t*>malloc((pooled_h + 1) * sizeof(Py_ssize_t))
+    table.x_first = <Py_ssize_t*>malloc((pooled_w + 1) * sizeof(Py_ssize_t))
+    table.y_samples = NULL
+    table.x_samples = NULL
+    table.axis_capacity = 0
+    table.corner_offsets = NULL
+    table.corner_weights = NULL
+    table.sample_capacity = 0
+    return table.bin_first != NULL and table.y_first != NULL and table.x_first != NULL
+
+
+cdef inline void table_free(SampleTable* table) noexcept nogil:
+    """Release everything table_init and the reserve helpers allocated."""
+    free(table.bin_first)
+    free(table.y_first)
+    free(table.x_first)
+    free(table.y_samples)
+    free(table.x_samples)
+    free(table.corner_offsets)
+    free(table.corner_weights)
+
+
+cdef inline bint grow(void** buffer, Py_ssize_t n_items, size_t item_size) noexcept nogil:
+    """realloc that keeps the old buffer on failure; False when out of memory."""
+    cdef void* bigger = realloc(buffer[0], <size_t>n_items * item_size)
+    if bigger == NULL:
+        return False
+    buffer[0] = bigger
+    return True
+
+
+cdef inline bint reserve_axis(SampleTable* table, Py_ssize_t n) noexcept nogil:
+    """Make room for n samples on each axis."""
+    if n <= table.axis_capacity:
+        return True
+    if not (grow(<void**>&table.y_samples, n, sizeof(AxisSample))
+            and grow(<void**>&table.x_samples, n, sizeof(AxisSample))):
+        return False
+    table.axis_capacity = n
+    return True
+
+
+cdef inline bint reserve_samples(SampleTable* table, Py_ssize_t n, size_t weight_size) noexcept nogil:
+    """Make room for n samples (4 offsets + 4 weights each)."""
+    if n <= table.sample_capacity:
+        return True
+    if not (grow(<void**>&table.corner_offsets, 4 * n, sizeof(Py_ssize_t))
+            and grow(&table.corner_weights, 4 * n, weight_size)):
+        return False
+    table.sample_capacity = n
+    return True
+
+
+cdef inline RoIGrid roi_grid(const floating* box, floating spatial_scale, bint aligned,
+                             Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                             Py_ssize_t sampling_ratio) noexcept nogil:
+    """torchvision's RoI geometry for box = (x1, y1, x2, y2), in type T."""
+    cdef RoIGrid g
+    cdef floating offset = <floating>0.5 if aligned else <floating>0.0
+    cdef floating start_x = box[0] * spatial_scale - offset
+    cdef floating start_y = box[1] * spatial_scale - offset
+    cdef floating roi_w = (box[2] * spatial_scale - offset) - start_x
+    cdef floating roi_h = (box[3] * spatial_scale - offset) - start_y
+    if not aligned:  # legacy mode: malformed RoIs are forced to 1x1
+        roi_w = roi_w if roi_w > 1 else <floating>1.0
+        roi_h = roi_h if roi_h > 1 else <floating>1.0
+    g.start_x = start_x
+    g.start_y = start_y
+    g.bin_w = roi_w / <floating>pooled_w
+    g.bin_h = roi_h / <floating>pooled_h
+    if sampling_ratio > 0:
+        g.grid_h = sampling_ratio
+        g.grid_w = sampling_ratio
+    else:  # adaptive; an inverted aligned box gets an empty grid, as in torchvision
+        g.grid_h = fmax(ceil(<double>(roi_h / <floating>pooled_h)), 0.0)
+        g.grid_w = fmax(ceil(<double>(roi_w / <floating>pooled_w)), 0.0)
+    g.count = <double><floating>fmax(g.grid_h * g.grid_w, 1.0)
+    return g
+
+
+cdef inline floating sample_coordinate(floating start, floating bin_size, Py_ssize_t p,
+                                       double i, double grid) noexcept nogil:
+    """Coordinate of sample i of bin p, evaluated exactly as torchvision does."""
+    return start + <floating>p * bin_size + (<floating>i + <floating>0.5) * bin_size / <floating>grid
+
+
+cdef inline void candidate_samples(double start, double bin_size, Py_ssize_t p, double grid,
+                                   Py_ssize_t size, double* first, double* n) noexcept nogil:
+    """The samples [first, first + n) of bin p that can fall inside [-1, size].
+
+    A superset, found in double precision with a margin; each candidate is then tested
+    exactly in type T. Small grids are returned whole.
+    """
+    cdef double step, origin, lo, hi
+    first[0] = 0.0
+    n[0] = grid
+    if grid <= SMALL_GRID:
+        return
+    step = bin_size / grid
+    origin = start + p * bin_size
+    if not (isfinite(step) and isfinite(origin) and step != 0.0):
+        # Non-finite coordinates are never inside; a zero step puts every sample at `origin`.
+        n[0] = 0.0 if not isfinite(origin) or not isfinite(step) else grid
+        return
+    lo = (-1.0 - origin) / step - 0.5
+    hi = (size - origin) / step - 0.5
+    if step < 0:
+        lo, hi = hi, lo
+    lo = fmax(floor(lo) - 2.0, 0.0)
+    hi = fmin(ceil(hi) + 3.0, grid)
+    first[0] = lo
+    n[0] = fmax(hi - lo, 0.0)
+
+
+cdef inline Py_ssize_t axis_capacity(double start, double bin_size, Py_ssize_t n_bins,
+                                     double grid, Py_ssize_t size) noexcept nogil:
+    """Upper bound on the samples of one axis that fill_axis will keep."""
+    cdef double first, n, total = 0.0
+    cdef Py_ssize_t p
+    for p in range(n_bins):
+        candidate_samples(start, bin_size, p, grid, size, &first, &n)
+        total += n
+    return <Py_ssize_t>total
+
+
+cdef inline void fill_axis(floating start, floating bin_size, Py_ssize_t n_bins, double grid,
+                           Py_ssize_t size, Py_ssize_t stride,
+                           Py_ssize_t* bin_first, AxisSample* samples) noexcept nogil:
+    """Fill the samples of one axis that fall inside [-1, size], bin by bin, in order."""
+    cdef double first, n, j
+    cdef Py_ssize_t p, low, kept = 0
+    cdef floating y, frac
+    for p in range(n_bins):
+        bin_first[p] = kept
+        candidate_samples(start, bin_size, p, grid, size, &first, &n)
+        j = 0.0
+        while j < n:
+            y = sample_coordinate(start, bin_size, p, first + j, grid)
+            j += 1.0
+            if not (y >= -1 and y <= size):  # written so that NaN is outside too
+                continue
+            if y <= 0:
+                y = 0
+            low = <Py_ssize_t>y
+            if low >= size - 1:
+                low = size - 1
+                frac = 0
+                samples[kept].high = low * stride
+            else:
+                frac = y - <floating>low
+                samples[kept].high = (low + 1) * stride
+            samples[kept].low = low * stride
+            samples[kept].frac_high = frac
+            samples[kept].frac_low = <floating>1.0 - frac
+            kept += 1
+    bin_first[n_bins] = kept
+
+
+cdef inline bint build_sample_table(SampleTable* table, const floating* box,
+                                    floating spatial_scale, bint aligned,
+                                    Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                                    Py_ssize_t sampling_ratio,
+                                    Py_ssize_t height, Py_ssize_t width,
+                                    Py_ssize_t row_stride, Py_ssize_t col_stride,
+                                    RoIGrid* grid) noexcept nogil:
+    """Build the 4 tap offsets and 4 weights of every inside sample of every bin of one RoI.
+
+    Samples are stored bin by bin (row-major), and within a bin in torchvision's order
+    (iy outer, ix inner). False when out of memory.
+    """
+    cdef Py_ssize_t ph, pw, iy, ix, s, n_samples, n_y, n_x
+    cdef Py_ssize_t* offsets
+    cdef floating* weights
+    cdef AxisSample* ys
+    cdef AxisSample* xs
+    cdef floating hy, ly, hx, lx
+    grid[0] = roi_grid(box, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio)
+    n_y = axis_capacity(grid.start_y, grid.bin_h, pooled_h, grid.grid_h, height)
+    n_x = axis_capacity(grid.start_x, grid.bin_w, pooled_w, grid.grid_w, width)
+    if not reserve_axis(table, n_y if n_y > n_x else n_x):
+        return False
+    fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h, height,
+              row_stride, table.y_first, table.y_samples)
+    fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w, grid.grid_w, width,
+              col_stride, table.x_first, table.x_samples)
+    n_samples = table.y_first[pooled_h] * table.x_first[pooled_w]
+    if not reserve_samples(table, n_samples, sizeof(floating)):
+        return False
+    offsets = table.corner_offsets
+    weights = <floating*>table.corner_weights
+    s = 0
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            table.bin_first[ph * pooled_w + pw] = s
+            for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                ys = &table.y_samples[iy]
+                hy = <floating>ys.frac_low
+                ly = <floating>ys.frac_high
+                for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                    xs = &table.x_samples[ix]
+                    hx = <floating>xs.frac_low
+                    lx = <floating>xs.frac_high
+                    offsets[4 * s + 0] = ys.low + xs.low
+                    offsets[4 * s + 1] = ys.low + xs.high
+                    offsets[4 * s + 2] = ys.high + xs.low
+                    offsets[4 * s + 3] = ys.high + xs.high
+                    weights[4 * s + 0] = hy * hx
+                    weights[4 * s + 1] = hy * lx
+                    weights[4 * s + 2] = ly * hx
+                    weights[4 * s + 3] = ly * lx
+                    s += 1
+    table.bin_first[table.n_bins] = s
+    return True
+
+
+cdef inline floating four_taps(const floating* image, const Py_ssize_t* offsets,
+                               const floating* weights) noexcept nogil:
+    """The bilinear value of one sample: torchvision's w1*v1 + w2*v2 + w3*v3 + w4*v4."""
+    return (weights[0] * image[offsets[0]] + weights[1] * image[offsets[1]]
+            + weights[2] * image[offsets[2]] + weights[3] * image[offsets[3]])

@@ -1,0 +1,221 @@
+"""Argument checking and conversion shared by every public function.
+
+Each checker either returns the canonical form the kernels expect or raises a TypeError
+(wrong kind of object) or ValueError (right kind, bad value) whose message names the argument.
+The kernels trust these forms completely: C-contiguous in the layout, native byte order,
+float32 or float64, boxes in the features' dtype, batch indices inside [0, N).
+"""
+
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from roialign_cy import _kernels
+
+LAYOUTS = ("NCHW", "NHWC")
+MODES = ("avg", "max")
+_INT32_MAX = 2**31 - 1
+# Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
+# team costs more than it saves.
+_SERIAL_WORK = 1 << 14
+
+
+def check_layout(layout):
+    """Return layout if it is "NCHW" or "NHWC"."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    return layout
+
+
+def check_mode(mode):
+    """Return mode if it is "avg" or "max"."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
+    return mode
+
+
+def check_int(value, name, minimum=None):
+    """Return value as a Python int (bools and floats refused), at least `minimum`."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool {value!r}")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {result}")
+    if abs(result) > _INT32_MAX:
+        raise ValueError(f"{name} must fit in 32 bits, got {result}")
+    return result
+
+
+def check_output_size(output_size):
+    """Return (PH, PW) from an int or a pair of ints, each >= 1."""
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(
+                f"output_size must be an int or a pair (PH, PW), got {len(output_size)} values"
+            )
+        return tuple(check_int(v, "output_size", minimum=1) for v in output_size)
+    size = check_int(output_size, "output_size", minimum=1)
+    return size, size
+
+
+def check_spatial_scale(spatial_scale):
+    """Return spatial_scale as a float, finite and > 0."""
+    if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
+        raise TypeError(f"spatial_scale must be a real number, got {spatial_scale!r}")
+    scale = float(spatial_scale)
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"spatial_scale must be finite and > 0, got {scale!r}")
+    return scale
+
+
+def compute_dtype(dtype, name):
+    """The dtype a float array of this dtype is computed in (float16 runs in float32)."""
+    if dtype.kind != "f" or dtype.itemsize > 8:
+        raise TypeError(f"{name} must be float16, float32 or float64, got {dtype}")
+    return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype.type)
+
+
+def check_features(array, layout, name="input"):
+    """Return (features as canonical 4-D, was_3d, result dtype) for a 3-D or 4-D float map.
+
+    The array is copied only when it is not already C-contiguous, native-endian float32/64.
+    """
+    features = np.asarray(array)
+    result_dtype = features.dtype.newbyteorder("=")
+    dtype = compute_dtype(features.dtype, name)
+    if features.ndim not in (3, 4):
+        shape = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+        raise ValueError(f"{name} must be 4-D {shape} or 3-D (one image), got shape {features.shape}")
+    was_3d = features.ndim == 3
+    if was_3d:
+        features = features[np.newaxis]
+    height, width = features.shape[1:3] if layout == "NHWC" else features.shape[2:4]
+    if height == 0 or width == 0:
+        raise ValueError(f"{name} has an empty feature map (H={height}, W={width})")
+    return np.ascontiguousarray(features, dtype=dtype), was_3d, result_dtype
+
+
+def _as_real_array(value, name):
+    """value as a float64 array, refusing complex, bool and non-numeric input."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
+    return array.astype(np.float64, copy=False)
+
+
+def _check_box_values(rows, coords, batch_index, n_images, dtype, name):
+    """Raise naming the first row with a non-finite coordinate or a bad batch index."""
+    bad = ~np.isfinite(coords).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {rows[row].tolist()}")
+    if dtype != np.float64:
+        narrowed = coords.astype(dtype)
+        bad = ~np.isfinite(narrowed).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise ValueError(
+                f"{name} row {row} does not fit in {dtype.name}: {rows[row].tolist()}"
+            )
+    bad = (batch_index != np.floor(batch_index)) | ~np.isfinite(batch_index)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{name} row {row}: batch index {batch_index[row]!r} is not an integer"
+        )
+    bad = (batch_index < 0) | (batch_index >= n_images)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise ValueError(
+            f"{name} row {row}: batch index {int(batch_index[row])} is outside "
+            f"[0, {n_images}) for input with {n_images} image(s)"
+        )
+
+
+def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
+    """Return (batch_index intp (K,), coords dtype (K, 4) C-contiguous) from any box format.
+
+    Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
+    (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
+    """
+    if isinstance(boxes, (list, tuple)):
+        if len(boxes) != n_images:
+            raise ValueError(
+                f"{name} as a list must hold one (K_i, 4) array per image: "
+                f"got {len(boxes)} for {n_images} image(s)"
+            )
+        parts = []
+        for i, per_image in enumerate(boxes):
+            part = _as_real_array(per_image, f"{name}[{i}]")
+            if part.ndim != 2 or part.shape[1] != 4:
+                raise ValueError(f"{name}[{i}] must have shape (K_i, 4), got {part.shape}")
+            parts.append(np.column_stack([np.full(len(part), float(i)), part]))
+        rows = np.concatenate(parts) if parts else np.zeros((0, 5))
+    else:
+        rows = _as_real_array(boxes, name)
+        if was_3d and rows.ndim == 2 and rows.shape[1] == 4:
+            rows = np.column_stack([np.zeros(len(rows)), rows])
+        if rows.ndim != 2 or rows.shape[1] != 5:
+            expected = "(K, 5) or (K, 4)" if was_3d else "(K, 5)"
+            raise ValueError(
+                f"{name} must have shape {expected} [batch_index, x1, y1, x2, y2], got {rows.shape}"
+            )
+    coords = rows[:, 1:]
+    batch_index = rows[:, 0]
+    _check_box_values(rows, coords, batch_index, n_images, dtype, name)
+    return batch_index.astype(np.intp), np.ascontiguousarray(coords, dtype=dtype)
+
+
+def check_num_threads(num_threads, work):
+    """The thread count for a call of `work` output elements: None means OpenMP's default."""
+    if num_threads is None:
+        requested = _kernels.openmp_max_threads()
+    else:
+        requested = check_int(num_threads, "num_threads", minimum=1)
+    if work < _SERIAL_WORK or not _kernels.OPENMP_ENABLED:
+        return 1
+    return max(1, min(requested, work // _SERIAL_WORK))
+
+
+def check_out(out, shape, dtype, inputs):
+    """Validate a user-supplied output array; None passes through."""
+    if out is None:
+        return None
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype.newbyteorder("=") != dtype:
+        raise ValueError(f"out must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    for array in inputs:
+        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
+            raise ValueError("out overlaps an input array")
+    return out
+
+
+def kernel_out(out, shape, compute):
+    """The array the kernel writes: `out` itself when it is canonical, else a fresh array."""
+    if (
+        out is not None
+        and out.dtype == compute
+        and out.flags.c_contiguous
+        and out.dtype.isnative
+    ):
+        return out
+    return np.empty(shape, dtype=compute)
+
+
+def deliver(result, out, result_dtype):
+    """Copy the kernel's result into `out` (if it was not written in place) and return it."""
+    if out is None:
+        out = result if result.dtype == result_dtype else result.astype(result_dtype)
+    elif out is not result:
+        np.copyto(out, result, casting="unsafe")
+    return out
