@@ -93,7 +93,10 @@ DIRECTIVES = {
     "embedsignature": True,
 }
 
-extensions = [Extension("roialign_cy._kernels", ["roialign_cy/_kernels.pyx"])]
+extensions = [
+    Extension("roialign_cy._kernels", ["roialign_cy/_kernels.pyx"]),
+    Extension("roialign_cy._pool_kernels", ["roialign_cy/_pool_kernels.pyx"]),
+]
 
 setup(
     ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES),

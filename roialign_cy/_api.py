@@ -1,8 +1,10 @@
 """Public functions: documentation, validation, one kernel call each."""
 
+from types import SimpleNamespace
+
 import numpy as np
 
-from roialign_cy import _kernels
+from roialign_cy import _kernels, _pool_kernels
 from roialign_cy import _validate as v
 
 
@@ -10,6 +12,28 @@ def _output_shape(n_rois, channels, pooled, layout):
     """(K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC."""
     ph, pw = pooled
     return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
+
+
+def _channels(shape, layout):
+    """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
+    return shape[3] if layout == "NHWC" else shape[1]
+
+
+def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads):
+    """Validate what every forward shares; return the kernel's arguments and output."""
+    layout = v.check_layout(layout)
+    features, was_3d, result_dtype = v.check_features(input, layout)
+    pooled = v.check_output_size(output_size)
+    scale = v.check_spatial_scale(spatial_scale)
+    batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
+    shape = _output_shape(len(coords), _channels(features.shape, layout), pooled, layout)
+    out = v.check_out(out, shape, result_dtype, (input, boxes))
+    result = v.kernel_out(out, shape, features.dtype)
+    return SimpleNamespace(
+        features=features, channels_last=layout == "NHWC", batch_index=batch_index,
+        coords=coords, scale=scale, pooled=pooled, out=out, result=result,
+        result_dtype=result_dtype, n_threads=v.check_num_threads(num_threads, result.size),
+    )
 
 
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
@@ -81,21 +105,196 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     >>> roi_align(features, boxes, output_size=1, sampling_ratio=2)
     array([[[[5.]]]], dtype=float32)
     """
-    layout = v.check_layout(layout)
     mode = v.check_mode(mode)
-    features, was_3d, result_dtype = v.check_features(input, layout)
-    pooled = v.check_output_size(output_size)
-    scale = v.check_spatial_scale(spatial_scale)
     sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
-    batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
-    channels = features.shape[3] if layout == "NHWC" else features.shape[1]
-    shape = _output_shape(len(coords), channels, pooled, layout)
-    out = v.check_out(out, shape, result_dtype, (input, boxes))
-    result = v.kernel_out(out, shape, features.dtype)
-    n_threads = v.check_num_threads(num_threads, result.size)
-    if result.size and not _kernels.roi_align_forward(
-        features, layout == "NHWC", batch_index, coords, scale, pooled[0], pooled[1],
-        sampling_ratio, bool(aligned), mode == "max", result, n_threads,
+    call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
+    if call.result.size and not _kernels.roi_align_forward(
+        call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+        *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result, call.n_threads,
     ):
         raise MemoryError("roi_align: could not allocate the per-thread sample tables")
-    return v.deliver(result, out, result_dtype)
+    return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
+                   input, needs_input, out, num_threads):
+    """Validate what every backward shares; return the kernel's arguments and output."""
+    layout = v.check_layout(layout)
+    shape, was_3d = v.check_input_shape(input_shape, layout)
+    pooled = v.check_output_size(output_size)
+    scale = v.check_spatial_scale(spatial_scale)
+    n_images = shape[0]
+    grad_probe = np.asarray(grad_output)
+    dtype = v.compute_dtype(grad_probe.dtype, "grad_output")
+    batch_index, coords = v.check_boxes(boxes, n_images, was_3d, dtype)
+    grad, result_dtype = v.check_grad_output(
+        grad_probe, _output_shape(len(coords), _channels(shape, layout), pooled, layout)
+    )
+    features = v.check_matching_input(input, shape, dtype) if needs_input else None
+    user_shape = shape[1:] if was_3d else shape
+    out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
+    result = v.kernel_out(out, user_shape, dtype, zeroed=True)
+    n_threads = v.check_num_threads(num_threads, grad.size)
+    roi_order, image_first = v.rois_by_image(batch_index, n_images)
+    return SimpleNamespace(
+        grad=grad, channels_last=layout == "NHWC", coords=coords, roi_order=roi_order,
+        image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,
+        result=result, kernel_result=result.reshape(shape), result_dtype=result_dtype,
+        n_threads=n_threads,
+        channel_blocks=v.channel_blocks(n_threads, n_images, _channels(shape, layout)),
+    )
+
+
+def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0,
+                       sampling_ratio=-1, aligned=False, *, layout="NCHW", mode="avg",
+                       input=None, out=None, num_threads=None):
+    """Gradient of :func:`roi_align` with respect to its features.
+
+    Average mode equals torchvision's ``_roi_align_backward`` (each sample sends
+    ``grad * w_i / count`` to its 4 bilinear taps). Max mode sends a bin's whole gradient,
+    times the bilinear weights, to the taps of its arg-max sample (the first maximum; none
+    when a skipped out-of-map sample, value 0, is the maximum); it needs `input`.
+
+    The work is split by (image, channel block), so no two threads ever write the same
+    element: results are bit-identical for any `num_threads`, without atomics.
+
+    Parameters
+    ----------
+    grad_output : ndarray, float16, float32 or float64
+        Gradient of the pooled output: ``(K, C, PH, PW)`` for NCHW, ``(K, PH, PW, C)`` for
+        NHWC.
+    boxes, output_size, spatial_scale, sampling_ratio, aligned, layout, mode
+        Exactly as given to :func:`roi_align`.
+    input_shape : tuple of int
+        Shape of the features, ``(N, C, H, W)``/``(N, H, W, C)``, or 3-D for one image.
+    input : ndarray, optional, keyword-only
+        The features of the forward call; required for ``mode="max"``, unused for "avg".
+    out : ndarray, optional, keyword-only
+        Array of shape `input_shape` to write the gradient into (overwritten, not added to).
+    num_threads : int, optional, keyword-only
+        As in :func:`roi_align`.
+
+    Returns
+    -------
+    ndarray
+        The gradient, of shape `input_shape` and the dtype of `grad_output`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As in :func:`roi_align`; also when `grad_output` does not have the pooled shape, or
+        `input` is missing or mis-shaped in max mode.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from roialign_cy import roi_align_backward
+    >>> grad = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]])
+    >>> roi_align_backward(grad, boxes, (1, 1, 3, 3), 1, sampling_ratio=2)[0, 0]
+    array([[0.0625, 0.125 , 0.0625],
+           [0.125 , 0.25  , 0.125 ],
+           [0.0625, 0.125 , 0.0625]], dtype=float32)
+    """
+    mode = v.check_mode(mode)
+    sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
+    call = _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
+                          input, mode == "max", out, num_threads)
+    if call.grad.size and not _kernels.roi_align_backward(
+        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+        call.scale, *call.pooled, sampling_ratio, bool(aligned), mode == "max",
+        call.features, call.kernel_result, call.channel_blocks, call.n_threads,
+    ):
+        raise MemoryError("roi_align_backward: could not allocate the per-thread sample tables")
+    return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out=None,
+             num_threads=None):
+    """Max-pool every region of interest on a quantized grid (RoIPool, Fast R-CNN).
+
+    The baseline RoIAlign replaces, with ``torchvision.ops.roi_pool``'s exact semantics:
+    box corners are rounded to feature pixels (``round(x * spatial_scale)``), the size is
+    ``max(end - start + 1, 1)``, bin ``p`` covers ``[floor(p * bin), ceil((p + 1) * bin))``
+    offset by the start and clipped to the map, an empty bin gives 0, and the first maximum
+    wins (strict ``>``, so NaN features are never chosen).
+
+    Parameters
+    ----------
+    input, boxes, output_size, spatial_scale, layout, out, num_threads
+        As in :func:`roi_align`.
+
+    Returns
+    -------
+    ndarray
+        ``(K, C, PH, PW)`` for NCHW or ``(K, PH, PW, C)`` for NHWC, the dtype of `input`.
+
+    Raises
+    ------
+    TypeError, ValueError, MemoryError
+        As in :func:`roi_align`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from roialign_cy import roi_pool
+    >>> features = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> roi_pool(features, np.array([[0, 0.0, 0.0, 2.0, 2.0]]), output_size=2)[0, 0]
+    array([[ 5.,  6.],
+           [ 9., 10.]], dtype=float32)
+    """
+    call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
+    if call.result.size and not _pool_kernels.roi_pool_forward(
+        call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+        *call.pooled, call.result, call.n_threads,
+    ):
+        raise MemoryError("roi_pool: could not allocate the per-thread bin tables")
+    return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0, *,
+                      layout="NCHW", out=None, num_threads=None):
+    """Gradient of :func:`roi_pool` with respect to its features.
+
+    Each bin's gradient goes to the element that won its maximum (found again from `input`;
+    none for an empty bin), like torchvision's ``_roi_pool_backward``. Split by (image,
+    channel block): bit-identical for any `num_threads`.
+
+    Parameters
+    ----------
+    grad_output : ndarray
+        Gradient of the pooled output, shaped like :func:`roi_pool`'s result.
+    boxes, output_size, spatial_scale, layout, out, num_threads
+        As in :func:`roi_pool`.
+    input : ndarray
+        The features of the forward call (its shape is the gradient's shape).
+
+    Returns
+    -------
+    ndarray
+        The gradient, shaped like `input`, in the dtype of `grad_output`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from roialign_cy import roi_pool_backward
+    >>> features = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> grad = np.ones((1, 1, 1, 1), dtype=np.float32)
+    >>> roi_pool_backward(grad, np.array([[0, 0.0, 0.0, 2.0, 2.0]]), features, 1)[0, 0]
+    array([[0., 0., 0., 0.],
+           [0., 0., 0., 0.],
+           [0., 0., 1., 0.],
+           [0., 0., 0., 0.]], dtype=float32)
+    """
+    if input is None:
+        raise ValueError("input is required: roi_pool's gradient needs the features")
+    shape = np.shape(input)
+    call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
+                          input, True, out, num_threads)
+    if call.grad.size and not _pool_kernels.roi_pool_backward(
+        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+        call.scale, *call.pooled, call.features, call.kernel_result, call.channel_blocks,
+        call.n_threads,
+    ):
+        raise MemoryError("roi_pool_backward: could not allocate the per-thread bin tables")
+    return v.deliver(call.result, call.out, call.result_dtype)

@@ -16,6 +16,7 @@ from roialign_cy._bilinear cimport (
     table_free,
     table_init,
 )
+from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
 
 OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
@@ -24,6 +25,11 @@ OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
 def openmp_max_threads():
     """omp_get_max_threads(): the team size a parallel region gets by default (1 if serial)."""
     return omp_get_max_threads()
+
+
+cdef inline bint beats(floating value, floating best) noexcept nogil:
+    """Max-mode order: larger wins, ties keep the first, the first NaN wins and stays."""
+    return value > best or (value != value and best == best)
 
 
 cdef inline void pool_plane(const floating* plane, floating* out_plane, Py_ssize_t bin_stride,
@@ -44,7 +50,7 @@ cdef inline void pool_plane(const floating* plane, floating* out_plane, Py_ssize
                 acc = four_taps(plane, &offsets[4 * first], &weights[4 * first])
                 for s in range(first + 1, last):
                     value = four_taps(plane, &offsets[4 * s], &weights[4 * s])
-                    if value > acc or value != value:  # NaN wins and stays
+                    if beats(value, acc):
                         acc = value
                 if last - first < samples_per_bin and acc < 0:  # a skipped sample is a 0 that takes part
                     acc = 0
@@ -98,7 +104,7 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
             else:
                 for c in range(channels):
                     value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-                    if value > row[c] or value != value:
+                    if beats(value, row[c]):
                         row[c] = value
         if not max_mode:
             for c in range(channels):
@@ -107,33 +113,6 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
             for c in range(channels):
                 if row[c] < 0:
                     row[c] = 0
-
-
-cdef struct Geometry:
-    # Shapes and element strides of one call, fixed for all its RoIs.
-    Py_ssize_t channels, height, width, pooled_h, pooled_w, sampling_ratio
-    Py_ssize_t image_stride, channel_stride, row_stride, col_stride
-    Py_ssize_t out_roi_stride, out_channel_stride, out_bin_stride
-    bint aligned, channels_last
-
-
-cdef Geometry make_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_t pooled_h,
-                            Py_ssize_t pooled_w, Py_ssize_t sampling_ratio, bint aligned):
-    """Strides of a C-contiguous (N, C, H, W) or (N, H, W, C) map and its pooled output."""
-    cdef Geometry g
-    g.pooled_h, g.pooled_w, g.sampling_ratio = pooled_h, pooled_w, sampling_ratio
-    g.aligned, g.channels_last = aligned, channels_last
-    if channels_last:
-        g.height, g.width, g.channels = shape[1], shape[2], shape[3]
-        g.channel_stride, g.row_stride, g.col_stride = 1, g.width * g.channels, g.channels
-        g.out_channel_stride, g.out_bin_stride = 1, g.channels
-    else:
-        g.channels, g.height, g.width = shape[1], shape[2], shape[3]
-        g.channel_stride, g.row_stride, g.col_stride = g.height * g.width, g.width, 1
-        g.out_channel_stride, g.out_bin_stride = pooled_h * pooled_w, 1
-    g.image_stride = g.channels * g.height * g.width
-    g.out_roi_stride = g.channels * pooled_h * pooled_w
-    return g
 
 
 cdef inline bint pool_roi(const floating* image, const floating* box, floating spatial_scale,
@@ -187,6 +166,164 @@ def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
             if not pool_roi(image + batch_index[k] * g.image_stride, &boxes[k, 0], scale,
                             pooled + k * g.out_roi_stride, &g, table, max_mode):
                 failed_flag[0] = 1
+        if table != NULL:
+            table_free(table)
+            free(table)
+    return not failed
+
+
+cdef inline Py_ssize_t argmax_sample(const floating* plane, const SampleTable* table,
+                                     Py_ssize_t first, Py_ssize_t last,
+                                     double samples_per_bin) noexcept nogil:
+    """The sample whose value is the bin's max (forward's order), -1 when a skipped 0 wins."""
+    cdef const Py_ssize_t* offsets = table.corner_offsets
+    cdef const floating* weights = <const floating*>table.corner_weights
+    cdef Py_ssize_t s, best = -1
+    cdef floating value, best_value = 0
+    for s in range(first, last):
+        value = four_taps(plane, &offsets[4 * s], &weights[4 * s])
+        if best < 0 or beats(value, best_value):
+            best, best_value = s, value
+    if best >= 0 and last - first < samples_per_bin and best_value < 0:
+        return -1
+    return best
+
+
+cdef inline void scatter_sample(floating* grad_plane, const SampleTable* table, Py_ssize_t s,
+                                floating grad, floating count) noexcept nogil:
+    """Add sample s's share of `grad` to its 4 taps: torchvision's grad * w_i / count."""
+    cdef const Py_ssize_t* offsets = &table.corner_offsets[4 * s]
+    cdef const floating* weights = &(<const floating*>table.corner_weights)[4 * s]
+    grad_plane[offsets[0]] += grad * weights[0] / count
+    grad_plane[offsets[1]] += grad * weights[1] / count
+    grad_plane[offsets[2]] += grad * weights[2] / count
+    grad_plane[offsets[3]] += grad * weights[3] / count
+
+
+cdef inline void unpool_plane(floating* grad_plane, const floating* grad_bins,
+                              Py_ssize_t bin_stride, const floating* plane,
+                              const SampleTable* table, floating count, bint max_mode,
+                              double samples_per_bin) noexcept nogil:
+    """Backward of pool_plane: spread every bin's gradient over one channel plane."""
+    cdef Py_ssize_t b, s, first, last
+    cdef floating grad
+    for b in range(table.n_bins):
+        grad = grad_bins[b * bin_stride]
+        first = table.bin_first[b]
+        last = table.bin_first[b + 1]
+        if max_mode:
+            s = argmax_sample(plane, table, first, last, samples_per_bin)
+            if s >= 0:
+                scatter_sample(grad_plane, table, s, grad, <floating>1)
+        else:
+            for s in range(first, last):
+                scatter_sample(grad_plane, table, s, grad, count)
+
+
+cdef inline void unpool_channels_last(floating* grad_image, const floating* grad_roi,
+                                      Py_ssize_t channels, Py_ssize_t c0, Py_ssize_t c1,
+                                      const SampleTable* table, floating count) noexcept nogil:
+    """Backward of pool_channels_last (avg) for channels [c0, c1): contiguous, vectorizes."""
+    cdef Py_ssize_t b, s, c
+    cdef const Py_ssize_t* offsets = table.corner_offsets
+    cdef const floating* weights = <const floating*>table.corner_weights
+    cdef floating* g1
+    cdef floating* g2
+    cdef floating* g3
+    cdef floating* g4
+    cdef const floating* grad_row
+    cdef floating w1, w2, w3, w4
+    for b in range(table.n_bins):
+        grad_row = grad_roi + b * channels
+        for s in range(table.bin_first[b], table.bin_first[b + 1]):
+            g1 = grad_image + offsets[4 * s + 0]
+            g2 = grad_image + offsets[4 * s + 1]
+            g3 = grad_image + offsets[4 * s + 2]
+            g4 = grad_image + offsets[4 * s + 3]
+            w1 = weights[4 * s + 0]
+            w2 = weights[4 * s + 1]
+            w3 = weights[4 * s + 2]
+            w4 = weights[4 * s + 3]
+            # One tap at a time: two taps of a sample may be the same element (borders).
+            for c in range(c0, c1):
+                g1[c] += grad_row[c] * w1 / count
+            for c in range(c0, c1):
+                g2[c] += grad_row[c] * w2 / count
+            for c in range(c0, c1):
+                g3[c] += grad_row[c] * w3 / count
+            for c in range(c0, c1):
+                g4[c] += grad_row[c] * w4 / count
+
+
+cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
+                            const floating* image, const floating* box, floating spatial_scale,
+                            const Geometry* g, SampleTable* table, bint max_mode,
+                            Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """Backward of pool_roi for channels [c0, c1). False when out of memory."""
+    cdef RoIGrid grid
+    cdef Py_ssize_t c
+    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                              g.sampling_ratio, g.height, g.width, g.row_stride,
+                              g.col_stride, &grid):
+        return False
+    if g.channels_last and not max_mode:
+        unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table,
+                             <floating>grid.count)
+        return True
+    # Channels-first, and max mode in either layout: one channel at a time.
+    for c in range(c0, c1):
+        unpool_plane(grad_image + c * g.channel_stride, grad_roi + c * g.out_channel_stride,
+                     g.out_bin_stride, image + c * g.channel_stride if max_mode else NULL,
+                     table, <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
+    return True
+
+
+def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
+                       const floating[:, ::1] boxes,
+                       const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+                       double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                       Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
+                       const floating[:, :, :, ::1] features,
+                       floating[:, :, :, ::1] grad_input, Py_ssize_t channel_blocks,
+                       int n_threads):
+    """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`.
+
+    Deterministic in parallel: a work item is (image, block of channels), so no two threads
+    ever write the same element, and each element sums its contributions in torchvision's
+    order (RoIs ascending, then bins, samples, taps) whatever the thread count.
+    roi_order lists the RoIs grouped by image (stable), image_first[b] where image b starts.
+    `features` is only read in max mode (to find each bin's arg-max sample).
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, sampling_ratio, aligned)
+    cdef Py_ssize_t n_images = grad_input.shape[0]
+    cdef Py_ssize_t item, b, block, j, k, c0, c1
+    cdef SampleTable* table = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image = &features[0, 0, 0, 0] if max_mode else NULL
+    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
+    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        table = <SampleTable*>malloc(sizeof(SampleTable))
+        if table == NULL or not table_init(table, pooled_height, pooled_width):
+            failed_flag[0] = 1
+        for item in prange(n_images * channel_blocks, schedule='dynamic'):
+            if failed_flag[0]:
+                continue
+            b = item // channel_blocks
+            block = item % channel_blocks
+            c0 = block * g.channels // channel_blocks
+            c1 = (block + 1) * g.channels // channel_blocks
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                if not unpool_roi(grad_base + b * g.image_stride, grad_out + k * g.out_roi_stride,
+                                  image + b * g.image_stride if max_mode else NULL,
+                                  &boxes[k, 0], scale, &g, table, max_mode, c0, c1):
+                    failed_flag[0] = 1
+                    break
         if table != NULL:
             table_free(table)
             free(table)

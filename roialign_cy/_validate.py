@@ -200,16 +200,16 @@ def check_out(out, shape, dtype, inputs):
     return out
 
 
-def kernel_out(out, shape, compute):
-    """The array the kernel writes: `out` itself when it is canonical, else a fresh array."""
-    if (
-        out is not None
-        and out.dtype == compute
-        and out.flags.c_contiguous
-        and out.dtype.isnative
-    ):
+def kernel_out(out, shape, compute, zeroed=False):
+    """The array the kernel writes: `out` itself when it is canonical, else a fresh array.
+
+    zeroed: the kernel accumulates, so the array must start at 0.
+    """
+    if out is not None and out.dtype == compute and out.flags.c_contiguous:
+        if zeroed:
+            out.fill(0)
         return out
-    return np.empty(shape, dtype=compute)
+    return np.zeros(shape, dtype=compute) if zeroed else np.empty(shape, dtype=compute)
 
 
 def deliver(result, out, result_dtype):
@@ -219,3 +219,54 @@ def deliver(result, out, result_dtype):
     elif out is not result:
         np.copyto(out, result, casting="unsafe")
     return out
+
+
+def check_input_shape(input_shape, layout):
+    """Return the features' shape as a 4-D tuple, and whether it was 3-D (one image)."""
+    try:
+        shape = tuple(check_int(n, "input_shape", minimum=0) for n in input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if len(shape) not in (3, 4):
+        raise ValueError(f"input_shape must have 3 or 4 dimensions, got {shape}")
+    was_3d = len(shape) == 3
+    shape = (1,) + shape if was_3d else shape
+    height, width = shape[1:3] if layout == "NHWC" else shape[2:4]
+    if height == 0 or width == 0:
+        raise ValueError(f"input_shape has an empty feature map (H={height}, W={width})")
+    return shape, was_3d
+
+
+def check_grad_output(grad_output, shape):
+    """Return (grad_output canonical, result dtype), checking it has the pooled `shape`."""
+    grad = np.asarray(grad_output)
+    result_dtype = grad.dtype.newbyteorder("=")
+    dtype = compute_dtype(grad.dtype, "grad_output")
+    if grad.shape != tuple(shape):
+        raise ValueError(f"grad_output must have shape {tuple(shape)}, got {grad.shape}")
+    return np.ascontiguousarray(grad, dtype=dtype), result_dtype
+
+
+def check_matching_input(input, shape, dtype, name="input"):
+    """Return `input` (needed to find arg-max samples) as canonical `dtype` of `shape`."""
+    if input is None:
+        raise ValueError(f"{name} is required: max pooling's gradient needs the features")
+    features = np.asarray(input)
+    compute_dtype(features.dtype, name)
+    if features.shape not in (shape, shape[1:]):
+        raise ValueError(f"{name} must have shape {shape}, got {features.shape}")
+    return np.ascontiguousarray(features.reshape(shape), dtype=dtype)
+
+
+def rois_by_image(batch_index, n_images):
+    """(roi_order, image_first): RoIs grouped by image (stable), and where each image starts."""
+    roi_order = np.argsort(batch_index, kind="stable").astype(np.intp)
+    image_first = np.searchsorted(batch_index[roi_order], np.arange(n_images + 1))
+    return roi_order, image_first.astype(np.intp)
+
+
+def channel_blocks(n_threads, n_images, channels):
+    """Channel blocks per image for the backward: enough work items to keep threads busy."""
+    if n_threads == 1 or channels == 0:
+        return 1
+    return max(1, min(channels, -(-4 * n_threads // n_images)))

@@ -1,0 +1,205 @@
+# RoIPool (the quantized baseline RoIAlign replaces), with torchvision's exact semantics:
+# box corners rounded to feature pixels, an inclusive +1 size, bins [floor(p * bin),
+# ceil((p + 1) * bin)) clipped to the map, an empty bin gives 0, the first maximum wins (strict
+# `>` from -FLT_MAX, so NaN never wins). Private: _api.py hands over canonical arrays.
+
+from cython.parallel cimport parallel, prange
+from libc.float cimport FLT_MAX
+from libc.math cimport ceil, floor, fmax, fmin, round
+from libc.stdlib cimport free, malloc
+
+from roialign_cy._bilinear cimport floating
+from roialign_cy._geometry cimport Geometry, make_geometry
+
+
+cdef struct PoolBins:
+    # The clipped pixel ranges of every bin of one RoI: rows [y_start[ph], y_end[ph]), ...
+    Py_ssize_t* y_start
+    Py_ssize_t* y_end
+    Py_ssize_t* x_start
+    Py_ssize_t* x_end
+
+
+cdef inline PoolBins* bins_new(Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
+    """One thread's bin scratch (a single allocation), or NULL when out of memory."""
+    cdef PoolBins* bins = <PoolBins*>malloc(sizeof(PoolBins)
+                                            + 2 * (pooled_h + pooled_w) * sizeof(Py_ssize_t))
+    if bins == NULL:
+        return NULL
+    bins.y_start = <Py_ssize_t*>(bins + 1)
+    bins.y_end = bins.y_start + pooled_h
+    bins.x_start = bins.y_end + pooled_h
+    bins.x_end = bins.x_start + pooled_w
+    return bins
+
+
+cdef inline void axis_bins(floating first, floating last, floating spatial_scale,
+                           Py_ssize_t n_bins, Py_ssize_t size,
+                           Py_ssize_t* bin_start, Py_ssize_t* bin_end) noexcept nogil:
+    """torchvision's quantized bins along one axis, clipped to [0, size].
+
+    Computed in double after the type-T products, so huge boxes clip instead of overflowing
+    an int (torchvision's int arithmetic is undefined there).
+    """
+    cdef double start = round(first * spatial_scale)
+    cdef double length = fmax(round(last * spatial_scale) - start + 1.0, 1.0)
+    cdef floating bin_size = <floating>length / <floating>n_bins
+    cdef Py_ssize_t p
+    for p in range(n_bins):
+        bin_start[p] = <Py_ssize_t>fmin(fmax(floor(<floating>p * bin_size) + start, 0.0), size)
+        bin_end[p] = <Py_ssize_t>fmin(fmax(ceil(<floating>(p + 1) * bin_size) + start, 0.0), size)
+
+
+cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_scale,
+                          const Geometry* g) noexcept nogil:
+    """The bins of box = (x1, y1, x2, y2)."""
+    axis_bins(box[1], box[3], spatial_scale, g.pooled_h, g.height, bins.y_start, bins.y_end)
+    axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
+
+
+cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
+                                     const PoolBins* bins, Py_ssize_t ph, Py_ssize_t pw,
+                                     floating* best_value) noexcept nogil:
+    """Offset of the bin's first maximum in one channel plane, -1 if none (empty bin -> 0)."""
+    cdef Py_ssize_t y, x, offset, best = -1
+    cdef floating value
+    if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+        best_value[0] = 0
+        return -1
+    best_value[0] = -FLT_MAX
+    for y in range(bins.y_start[ph], bins.y_end[ph]):
+        for x in range(bins.x_start[pw], bins.x_end[pw]):
+            offset = y * g.row_stride + x * g.col_stride
+            value = plane[offset]
+            if value > best_value[0]:
+                best_value[0] = value
+                best = offset
+    return best
+
+
+cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
+                                        const Geometry* g, const PoolBins* bins) noexcept nogil:
+    """Max over every bin for all channels at once (contiguous channels vectorize)."""
+    cdef Py_ssize_t ph, pw, y, x, c
+    cdef floating* row
+    cdef const floating* pixel
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            row = out_roi + (ph * g.pooled_w + pw) * g.channels
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                for c in range(g.channels):
+                    row[c] = 0
+                continue
+            for c in range(g.channels):
+                row[c] = -FLT_MAX
+            for y in range(bins.y_start[ph], bins.y_end[ph]):
+                for x in range(bins.x_start[pw], bins.x_end[pw]):
+                    pixel = image + y * g.row_stride + x * g.col_stride
+                    for c in range(g.channels):
+                        if pixel[c] > row[c]:
+                            row[c] = pixel[c]
+
+
+cdef inline void max_pool_plane(const floating* plane, floating* out_plane, const Geometry* g,
+                                const PoolBins* bins) noexcept nogil:
+    """Max over every bin of one channel plane (channels-first layout)."""
+    cdef Py_ssize_t ph, pw
+    cdef floating best
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            argmax_in_bin(plane, g, bins, ph, pw, &best)
+            out_plane[ph * g.pooled_w + pw] = best
+
+
+cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bins,
+                                  const floating* plane, const Geometry* g,
+                                  const PoolBins* bins) noexcept nogil:
+    """Backward of max pooling on one channel plane: each bin's gradient to its arg-max."""
+    cdef Py_ssize_t ph, pw, best_offset
+    cdef floating best
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            best_offset = argmax_in_bin(plane, g, bins, ph, pw, &best)
+            if best_offset >= 0:
+                grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
+
+
+def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
+                     const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
+                     double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                     floating[:, :, :, ::1] out, int n_threads):
+    """RoIPool forward into `out`, RoIs spread over threads. False when out of memory."""
+    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    cdef Py_ssize_t k, c
+    cdef PoolBins* bins = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image
+    cdef floating* out_roi
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        bins = bins_new(pooled_height, pooled_width)
+        if bins == NULL:
+            failed_flag[0] = 1
+        for k in prange(boxes.shape[0], schedule='dynamic'):
+            if failed_flag[0]:
+                continue
+            roi_bins(bins, &boxes[k, 0], scale, &g)
+            image = &features[0, 0, 0, 0] + batch_index[k] * g.image_stride
+            out_roi = &out[0, 0, 0, 0] + k * g.out_roi_stride
+            if channels_last:
+                max_pool_channels_last(image, out_roi, &g, bins)
+                continue
+            for c in range(g.channels):
+                max_pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
+                               &g, bins)
+        free(bins)
+    return not failed
+
+
+def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
+                      const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
+                      const Py_ssize_t[::1] image_first, double spatial_scale,
+                      Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                      const floating[:, :, :, ::1] features, floating[:, :, :, ::1] grad_input,
+                      Py_ssize_t channel_blocks, int n_threads):
+    """Gradient of roi_pool w.r.t. the features, accumulated into zeroed `grad_input`.
+
+    Each bin's gradient goes to its arg-max element, found again from `features`. Work items
+    are (image, channel block) with RoIs in ascending order: deterministic, no atomics.
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    cdef Py_ssize_t n_images = grad_input.shape[0]
+    cdef Py_ssize_t item, b, block, j, k, c, c0, c1
+    cdef PoolBins* bins = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image = &features[0, 0, 0, 0]
+    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
+    cdef const floating* grad_roi
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        bins = bins_new(pooled_height, pooled_width)
+        if bins == NULL:
+            failed_flag[0] = 1
+        for item in prange(n_images * channel_blocks, schedule='dynamic'):
+            if failed_flag[0]:
+                continue
+            b = item // channel_blocks
+            block = item % channel_blocks
+            c0 = block * g.channels // channel_blocks
+            c1 = (block + 1) * g.channels // channel_blocks
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                roi_bins(bins, &boxes[k, 0], scale, &g)
+                grad_roi = &grad_output[0, 0, 0, 0] + k * g.out_roi_stride
+                for c in range(c0, c1):
+                    unpool_max_plane(grad_base + b * g.image_stride + c * g.channel_stride,
+                                     grad_roi + c * g.out_channel_stride,
+                                     image + b * g.image_stride + c * g.channel_stride, &g, bins)
+        free(bins)
+    return not failed
