@@ -108,10 +108,22 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     mode = v.check_mode(mode)
     sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
-    if call.result.size and not _kernels.roi_align_forward(
-        call.features, call.channels_last, call.batch_index, call.coords, call.scale,
-        *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result, call.n_threads,
-    ):
+    if not call.result.size:
+        return v.deliver(call.result, call.out, call.result_dtype)
+    if v.use_channel_blocks(call.features.shape, len(call.coords), call.pooled, layout):
+        roi_order, image_first = v.rois_by_image(call.batch_index, call.features.shape[0])
+        done = _kernels.roi_align_forward_blocked(
+            call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
+            *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result,
+            call.n_threads,
+        )
+    else:
+        done = _kernels.roi_align_forward(
+            call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+            *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result,
+            call.n_threads,
+        )
+    if not done:
         raise MemoryError("roi_align: could not allocate the per-thread sample tables")
     return v.deliver(call.result, call.out, call.result_dtype)
 

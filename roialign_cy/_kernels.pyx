@@ -16,6 +16,7 @@ from roialign_cy._bilinear cimport (
     table_free,
     table_init,
 )
+from roialign_cy._blocks cimport BLOCK, pack_block, unpack_roi
 from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
 
@@ -136,6 +137,21 @@ cdef inline bint pool_roi(const floating* image, const floating* box, floating s
     return True
 
 
+cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
+                                 floating spatial_scale, const Geometry* g,
+                                 SampleTable* table, floating* pooled,
+                                 bint max_mode) noexcept nogil:
+    """Pool one RoI from a packed channel block into pooled (n_bins, BLOCK)."""
+    cdef RoIGrid grid
+    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                              g.sampling_ratio, g.height, g.width, g.width * BLOCK, BLOCK,
+                              &grid):
+        return False
+    pool_channels_last(packed, pooled, BLOCK, table, <floating>grid.count, max_mode,
+                       grid.grid_h * grid.grid_w)
+    return True
+
+
 def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
                       const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
                       double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
@@ -169,6 +185,62 @@ def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
         if table != NULL:
             table_free(table)
             free(table)
+    return not failed
+
+
+def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channels_last,
+                              const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
+                              const Py_ssize_t[::1] image_first, double spatial_scale,
+                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                              Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
+                              floating[:, :, :, ::1] out, int n_threads):
+    """RoIAlign forward for many RoIs per image: work items are (image, channel block).
+
+    Each item packs BLOCK channels of its image into a cache-resident buffer and pools all
+    the image's RoIs from it (see _blocks.pxd). Same numbers as roi_align_forward, bit for
+    bit: each output element still sums its samples in torchvision's order.
+    """
+    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
+                                    pooled_width, sampling_ratio, aligned)
+    cdef Py_ssize_t n_images = features.shape[0]
+    cdef Py_ssize_t n_blocks = (g.channels + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef SampleTable* table = NULL
+    cdef floating* packed = NULL
+    cdef floating* pooled = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image = &features[0, 0, 0, 0]
+    cdef floating* out_base = &out[0, 0, 0, 0]
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        table = <SampleTable*>malloc(sizeof(SampleTable))
+        if table == NULL or not table_init(table, pooled_height, pooled_width):
+            failed_flag[0] = 1
+        packed = <floating*>malloc(g.height * g.width * BLOCK * sizeof(floating))
+        pooled = <floating*>malloc(pooled_height * pooled_width * BLOCK * sizeof(floating))
+        if packed == NULL or pooled == NULL:
+            failed_flag[0] = 1
+        for item in prange(n_images * n_blocks, schedule='dynamic'):
+            b = item // n_blocks
+            if failed_flag[0] or image_first[b] == image_first[b + 1]:
+                continue
+            c0 = (item % n_blocks) * BLOCK
+            n_channels = g.channels - c0 if g.channels - c0 < BLOCK else BLOCK
+            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed)
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                if not pool_packed_roi(packed, &boxes[k, 0], scale, &g, table, pooled,
+                                       max_mode):
+                    failed_flag[0] = 1
+                    break
+                unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels)
+        if table != NULL:
+            table_free(table)
+        free(table)
+        free(packed)
+        free(pooled)
     return not failed
 
 

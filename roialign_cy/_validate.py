@@ -270,3 +270,15 @@ def channel_blocks(n_threads, n_images, channels):
     if n_threads == 1 or channels == 0:
         return 1
     return max(1, min(channels, -(-4 * n_threads // n_images)))
+
+
+def use_channel_blocks(features_shape, n_rois, pooled, layout):
+    """Whether the forward should pack channel blocks (many RoIs per image) or walk per RoI.
+
+    Packing reads every pixel of every image once; it pays off when the RoIs' taps
+    (about 4 samples x 4 taps per bin) outnumber the pixels.
+    """
+    n_images, height, width = (features_shape[0],) + (
+        features_shape[1:3] if layout == "NHWC" else features_shape[2:4]
+    )
+    return n_rois * pooled[0] * pooled[1] * 16 >= n_images * height * width
