@@ -4,17 +4,21 @@
 # the same order, so that the numbers agree to the last bit where torchvision's are defined.
 # What is new: only samples that fall inside [-1, H] x [-1, W] are visited. A sample outside
 # contributes 0 in torchvision too, so skipping it changes no number, but it bounds the work
-# of a huge box with an adaptive grid by the size of the map instead of the size of the box.
+# of a huge box with an adaptive grid by the size of the map instead of the size of the box:
+# along each axis, sample coordinates are monotone in the sample index (every rounding step
+# is), so the inside ones form one run, found by bisection; and where the float type can no
+# longer tell neighbouring samples apart, equal coordinates are kept once with a repeat count.
 
-from libc.math cimport ceil, floor, fmax, fmin, isfinite
+from cpython.pyport cimport PY_SSIZE_T_MAX
+from libc.math cimport ceil, floor, fmax
 from libc.stdlib cimport free, malloc, realloc
 
 ctypedef fused floating:
     float
     double
 
-# Up to this many samples per bin are simply all evaluated; beyond it the samples that can
-# reach the map are found analytically first (huge boxes with an adaptive grid).
+# Up to this many samples per bin are all evaluated, exactly torchvision's loop; beyond it the
+# inside run is found by bisection (huge boxes with an adaptive grid, big sampling ratios).
 cdef enum:
     SMALL_GRID = 64
 
@@ -25,6 +29,8 @@ cdef struct AxisSample:
     Py_ssize_t high    # offset of the upper neighbour (== low at the border)
     double frac_low    # weight of `low`  (1 - l, a value of type T held exactly)
     double frac_high   # weight of `high` (l)
+    double repeats     # grid samples at this very coordinate: 1 unless the float type rounds
+                       # neighbouring samples of a huge box to the same value
 
 
 cdef struct RoIGrid:
@@ -46,7 +52,8 @@ cdef struct SampleTable:
     Py_ssize_t* x_first            # PW + 1
     AxisSample* y_samples
     AxisSample* x_samples
-    Py_ssize_t axis_capacity       # entries y_samples and x_samples can each hold
+    Py_ssize_t y_capacity          # entries y_samples can hold
+    Py_ssize_t x_capacity
     Py_ssize_t* corner_offsets     # 4 per sample: element offsets of the 4 bilinear taps
     void* corner_weights           # 4 per sample, of type T
     Py_ssize_t sample_capacity
@@ -60,7 +67,8 @@ cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t 
     table.x_first = <Py_ssize_t*>malloc((pooled_w + 1) * sizeof(Py_ssize_t))
     table.y_samples = NULL
     table.x_samples = NULL
-    table.axis_capacity = 0
+    table.y_capacity = 0
+    table.x_capacity = 0
     table.corner_offsets = NULL
     table.corner_weights = NULL
     table.sample_capacity = 0
@@ -79,22 +87,14 @@ cdef inline void table_free(SampleTable* table) noexcept nogil:
 
 
 cdef inline bint grow(void** buffer, Py_ssize_t n_items, size_t item_size) noexcept nogil:
-    """realloc that keeps the old buffer on failure; False when out of memory."""
-    cdef void* bigger = realloc(buffer[0], <size_t>n_items * item_size)
+    """realloc that keeps the old buffer on failure; False when out of memory or too big."""
+    cdef void* bigger
+    if n_items < 0 or <size_t>n_items > PY_SSIZE_T_MAX // item_size:
+        return False
+    bigger = realloc(buffer[0], <size_t>n_items * item_size)
     if bigger == NULL:
         return False
     buffer[0] = bigger
-    return True
-
-
-cdef inline bint reserve_axis(SampleTable* table, Py_ssize_t n) noexcept nogil:
-    """Make room for n samples on each axis."""
-    if n <= table.axis_capacity:
-        return True
-    if not (grow(<void**>&table.y_samples, n, sizeof(AxisSample))
-            and grow(<void**>&table.x_samples, n, sizeof(AxisSample))):
-        return False
-    table.axis_capacity = n
     return True
 
 
@@ -102,6 +102,8 @@ cdef inline bint reserve_samples(SampleTable* table, Py_ssize_t n, size_t weight
     """Make room for n samples (4 offsets + 4 weights each)."""
     if n <= table.sample_capacity:
         return True
+    if n > PY_SSIZE_T_MAX // 4:
+        return False
     if not (grow(<void**>&table.corner_offsets, 4 * n, sizeof(Py_ssize_t))
             and grow(&table.corner_weights, 4 * n, weight_size)):
         return False
@@ -142,76 +144,112 @@ cdef inline floating sample_coordinate(floating start, floating bin_size, Py_ssi
     return start + <floating>p * bin_size + (<floating>i + <floating>0.5) * bin_size / <floating>grid
 
 
-cdef inline void candidate_samples(double start, double bin_size, Py_ssize_t p, double grid,
-                                   Py_ssize_t size, double* first, double* n) noexcept nogil:
-    """The samples [first, first + n) of bin p that can fall inside [-1, size].
+cdef inline bint inside(floating y, Py_ssize_t size) noexcept nogil:
+    """torchvision's range test, written so that NaN is outside."""
+    return y >= -1 and y <= size
 
-    A superset, found in double precision with a margin; each candidate is then tested
-    exactly in type T. Small grids are returned whole.
+
+cdef inline bint passed(floating y, floating bound, bint rising, bint strict) noexcept nogil:
+    """Whether a coordinate moving up (rising) or down has reached (or, strict, crossed) bound."""
+    if rising:
+        return y > bound if strict else y >= bound
+    return y < bound if strict else y <= bound
+
+
+cdef inline double first_passing(floating start, floating bin_size, Py_ssize_t p, double grid,
+                                 double lo, double hi, floating bound, bint rising,
+                                 bint strict) noexcept nogil:
+    """Smallest sample index in [lo, hi) of bin p whose coordinate has passed `bound`, else hi.
+
+    Bisection over the monotone coordinates; the step cap only matters for indices past
+    2**53, where doubles stop being consecutive.
     """
-    cdef double step, origin, lo, hi
-    first[0] = 0.0
-    n[0] = grid
-    if grid <= SMALL_GRID:
-        return
-    step = bin_size / grid
-    origin = start + p * bin_size
-    if not (isfinite(step) and isfinite(origin) and step != 0.0):
-        # Non-finite coordinates are never inside; a zero step puts every sample at `origin`.
-        n[0] = 0.0 if not isfinite(origin) or not isfinite(step) else grid
-        return
-    lo = (-1.0 - origin) / step - 0.5
-    hi = (size - origin) / step - 0.5
-    if step < 0:
-        lo, hi = hi, lo
-    lo = fmax(floor(lo) - 2.0, 0.0)
-    hi = fmin(ceil(hi) + 3.0, grid)
-    first[0] = lo
-    n[0] = fmax(hi - lo, 0.0)
+    cdef double mid
+    cdef int steps = 0
+    while lo < hi and steps < 2200:
+        mid = lo + floor((hi - lo) * 0.5)
+        if passed(sample_coordinate(start, bin_size, p, mid, grid), bound, rising, strict):
+            hi = mid
+        else:
+            lo = mid + 1.0
+        steps += 1
+    return lo
 
 
-cdef inline Py_ssize_t axis_capacity(double start, double bin_size, Py_ssize_t n_bins,
-                                     double grid, Py_ssize_t size) noexcept nogil:
-    """Upper bound on the samples of one axis that fill_axis will keep."""
-    cdef double first, n, total = 0.0
-    cdef Py_ssize_t p
-    for p in range(n_bins):
-        candidate_samples(start, bin_size, p, grid, size, &first, &n)
-        total += n
-    return <Py_ssize_t>total
+cdef inline bint push_sample(AxisSample** samples, Py_ssize_t* capacity, Py_ssize_t n,
+                             floating y, Py_ssize_t size, Py_ssize_t stride,
+                             double repeats) noexcept nogil:
+    """Store sample n at coordinate y (inside [-1, size]), clamped as torchvision does."""
+    cdef Py_ssize_t low
+    cdef floating frac
+    cdef AxisSample* sample
+    if n >= capacity[0]:
+        if not grow(<void**>samples, 2 * n + 64, sizeof(AxisSample)):
+            return False
+        capacity[0] = 2 * n + 64
+    sample = &samples[0][n]
+    if y <= 0:
+        y = 0
+    low = <Py_ssize_t>y
+    if low >= size - 1:
+        low = size - 1
+        frac = 0
+        sample.high = low * stride
+    else:
+        frac = y - <floating>low
+        sample.high = (low + 1) * stride
+    sample.low = low * stride
+    sample.frac_high = frac
+    sample.frac_low = <floating>1.0 - frac
+    sample.repeats = repeats
+    return True
 
 
-cdef inline void fill_axis(floating start, floating bin_size, Py_ssize_t n_bins, double grid,
-                           Py_ssize_t size, Py_ssize_t stride,
-                           Py_ssize_t* bin_first, AxisSample* samples) noexcept nogil:
-    """Fill the samples of one axis that fall inside [-1, size], bin by bin, in order."""
-    cdef double first, n, j
-    cdef Py_ssize_t p, low, kept = 0
-    cdef floating y, frac
+cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins, double grid,
+                           Py_ssize_t size, Py_ssize_t stride, Py_ssize_t* bin_first,
+                           AxisSample** samples, Py_ssize_t* capacity) noexcept nogil:
+    """Store the samples of one axis inside [-1, size], bin by bin, in order.
+
+    False when out of memory.
+    """
+    cdef Py_ssize_t p, kept = 0
+    cdef double i, end, run_end
+    cdef floating y
+    cdef bint rising = bin_size >= 0
+    cdef floating low_bound = -1
+    cdef floating high_bound = <floating>size
     for p in range(n_bins):
         bin_first[p] = kept
-        candidate_samples(start, bin_size, p, grid, size, &first, &n)
-        j = 0.0
-        while j < n:
-            y = sample_coordinate(start, bin_size, p, first + j, grid)
-            j += 1.0
-            if not (y >= -1 and y <= size):  # written so that NaN is outside too
-                continue
-            if y <= 0:
-                y = 0
-            low = <Py_ssize_t>y
-            if low >= size - 1:
-                low = size - 1
-                frac = 0
-                samples[kept].high = low * stride
-            else:
-                frac = y - <floating>low
-                samples[kept].high = (low + 1) * stride
-            samples[kept].low = low * stride
-            samples[kept].frac_high = frac
-            samples[kept].frac_low = <floating>1.0 - frac
-            kept += 1
+        if grid <= SMALL_GRID:  # torchvision's loop itself
+            i = 0.0
+            while i < grid:
+                y = sample_coordinate(start, bin_size, p, i, grid)
+                i += 1.0
+                if inside(y, size):
+                    if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
+                        return False
+                    kept += 1
+            continue
+        if rising:
+            i = first_passing(start, bin_size, p, grid, 0.0, grid, low_bound, True, False)
+            end = first_passing(start, bin_size, p, grid, i, grid, high_bound, True, True)
+        else:
+            i = first_passing(start, bin_size, p, grid, 0.0, grid, high_bound, False, False)
+            end = first_passing(start, bin_size, p, grid, i, grid, low_bound, False, True)
+        while i < end:
+            y = sample_coordinate(start, bin_size, p, i, grid)
+            run_end = i + 1.0
+            if run_end <= i:  # past 2**53: the rest is one run
+                run_end = end
+            elif run_end < end and sample_coordinate(start, bin_size, p, run_end, grid) == y:
+                run_end = first_passing(start, bin_size, p, grid, run_end, end, y, rising, True)
+            if inside(y, size):
+                if not push_sample(samples, capacity, kept, y, size, stride, run_end - i):
+                    return False
+                kept += 1
+            i = run_end
     bin_first[n_bins] = kept
+    return True
 
 
 cdef inline bint build_sample_table(SampleTable* table, const floating* box,
@@ -226,21 +264,21 @@ cdef inline bint build_sample_table(SampleTable* table, const floating* box,
     Samples are stored bin by bin (row-major), and within a bin in torchvision's order
     (iy outer, ix inner). False when out of memory.
     """
-    cdef Py_ssize_t ph, pw, iy, ix, s, n_samples, n_y, n_x
+    cdef Py_ssize_t ph, pw, iy, ix, s, n_samples
     cdef Py_ssize_t* offsets
     cdef floating* weights
     cdef AxisSample* ys
     cdef AxisSample* xs
-    cdef floating hy, ly, hx, lx
+    cdef floating hy, ly, hx, lx, repeats
     grid[0] = roi_grid(box, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio)
-    n_y = axis_capacity(grid.start_y, grid.bin_h, pooled_h, grid.grid_h, height)
-    n_x = axis_capacity(grid.start_x, grid.bin_w, pooled_w, grid.grid_w, width)
-    if not reserve_axis(table, n_y if n_y > n_x else n_x):
+    if not (fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h,
+                      height, row_stride, table.y_first, &table.y_samples, &table.y_capacity)
+            and fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w, grid.grid_w,
+                          width, col_stride, table.x_first, &table.x_samples,
+                          &table.x_capacity)):
         return False
-    fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h, height,
-              row_stride, table.y_first, table.y_samples)
-    fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w, grid.grid_w, width,
-              col_stride, table.x_first, table.x_samples)
+    if table.x_first[pooled_w] and table.y_first[pooled_h] > PY_SSIZE_T_MAX // table.x_first[pooled_w]:
+        return False
     n_samples = table.y_first[pooled_h] * table.x_first[pooled_w]
     if not reserve_samples(table, n_samples, sizeof(floating)):
         return False
@@ -266,6 +304,12 @@ cdef inline bint build_sample_table(SampleTable* table, const floating* box,
                     weights[4 * s + 1] = hy * lx
                     weights[4 * s + 2] = ly * hx
                     weights[4 * s + 3] = ly * lx
+                    if ys.repeats != 1 or xs.repeats != 1:
+                        repeats = <floating>(ys.repeats * xs.repeats)
+                        weights[4 * s + 0] *= repeats
+                        weights[4 * s + 1] *= repeats
+                        weights[4 * s + 2] *= repeats
+                        weights[4 * s + 3] *= repeats
                     s += 1
     table.bin_first[table.n_bins] = s
     return True

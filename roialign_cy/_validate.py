@@ -12,7 +12,7 @@ import operator
 
 import numpy as np
 
-from roialign_cy import _kernels
+from roialign_cy import _boxes, _kernels
 
 LAYOUTS = ("NCHW", "NHWC")
 MODES = ("avg", "max")
@@ -108,33 +108,31 @@ def _as_real_array(value, name):
     return array.astype(np.float64, copy=False)
 
 
-def _check_box_values(rows, coords, batch_index, n_images, dtype, name):
-    """Raise naming the first row with a non-finite coordinate or a bad batch index."""
-    bad = ~np.isfinite(coords).all(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {rows[row].tolist()}")
-    if dtype != np.float64:
-        narrowed = coords.astype(dtype)
-        bad = ~np.isfinite(narrowed).all(axis=1)
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise ValueError(
-                f"{name} row {row} does not fit in {dtype.name}: {rows[row].tolist()}"
-            )
-    bad = (batch_index != np.floor(batch_index)) | ~np.isfinite(batch_index)
-    if bad.any():
-        row = int(np.argmax(bad))
+_BOX_PROBLEMS = {
+    _boxes.BoxProblem.BOX_NOT_FINITE: "has a NaN or infinite coordinate",
+    _boxes.BoxProblem.BOX_INDEX_NOT_INTEGER: "has a batch index that is not an integer",
+}
+
+
+def _split_rows(rows, n_images, dtype, name):
+    """(batch_index, coords) from valid (K, 5) float64 rows; raise naming the first bad row."""
+    rows = np.ascontiguousarray(rows, dtype=np.float64)
+    batch_index = np.empty(len(rows), dtype=np.intp)
+    coords = np.empty((len(rows), 4), dtype=dtype)
+    row, problem = _boxes.split_rows(rows, n_images, batch_index, coords)
+    if problem == _boxes.BoxProblem.BOX_OK:
+        return batch_index, coords
+    values = rows[row].tolist()
+    if problem == _boxes.BoxProblem.BOX_TOO_LARGE:
         raise ValueError(
-            f"{name} row {row}: batch index {batch_index[row]!r} is not an integer"
+            f"{name} row {row} does not fit in {dtype.name} (a coordinate is too large): {values}"
         )
-    bad = (batch_index < 0) | (batch_index >= n_images)
-    if bad.any():
-        row = int(np.argmax(bad))
+    if problem == _boxes.BoxProblem.BOX_INDEX_OUT_OF_RANGE:
         raise ValueError(
-            f"{name} row {row}: batch index {int(batch_index[row])} is outside "
-            f"[0, {n_images}) for input with {n_images} image(s)"
+            f"{name} row {row}: batch index {values[0]:g} is outside [0, {n_images}) "
+            f"for input with {n_images} image(s)"
         )
+    raise ValueError(f"{name} row {row} {_BOX_PROBLEMS[problem]}: {values}")
 
 
 def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
@@ -165,10 +163,7 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
             raise ValueError(
                 f"{name} must have shape {expected} [batch_index, x1, y1, x2, y2], got {rows.shape}"
             )
-    coords = rows[:, 1:]
-    batch_index = rows[:, 0]
-    _check_box_values(rows, coords, batch_index, n_images, dtype, name)
-    return batch_index.astype(np.intp), np.ascontiguousarray(coords, dtype=dtype)
+    return _split_rows(rows, n_images, dtype, name)
 
 
 def check_num_threads(num_threads, work):
@@ -276,8 +271,11 @@ def use_channel_blocks(features_shape, n_rois, pooled, layout):
     """Whether the forward should pack channel blocks (many RoIs per image) or walk per RoI.
 
     Packing reads every pixel of every image once; it pays off when the RoIs' taps
-    (about 4 samples x 4 taps per bin) outnumber the pixels.
+    (about 4 samples x 4 taps per bin) outnumber the pixels, and there are enough RoIs
+    per image to reuse each packed block.
     """
+    if n_rois < 16 * features_shape[0]:
+        return False
     n_images, height, width = (features_shape[0],) + (
         features_shape[1:3] if layout == "NHWC" else features_shape[2:4]
     )
