@@ -96,6 +96,7 @@ DIRECTIVES = {
 extensions = [
     Extension("roialign_cy._kernels", ["roialign_cy/_kernels.pyx"]),
     Extension("roialign_cy._pool_kernels", ["roialign_cy/_pool_kernels.pyx"]),
+    Extension("roialign_cy._boxes", ["roialign_cy/_boxes.pyx"]),
 ]
 
 setup(
