@@ -21,6 +21,10 @@ ctypedef fused floating:
 # inside run is found by bisection (huge boxes with an adaptive grid, big sampling ratios).
 cdef enum:
     SMALL_GRID = 64
+# Samples sharing one coordinate are still stored one by one (torchvision's summation order,
+# bit for bit) up to this many; a longer run is stored once with its repeat count.
+cdef enum:
+    LONGEST_UNMERGED_RUN = 1024
 
 
 cdef struct AxisSample:
@@ -243,11 +247,19 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
                 run_end = end
             elif run_end < end and sample_coordinate(start, bin_size, p, run_end, grid) == y:
                 run_end = first_passing(start, bin_size, p, grid, run_end, end, y, rising, True)
-            if inside(y, size):
+            if not inside(y, size):
+                i = run_end
+                continue
+            if run_end - i > LONGEST_UNMERGED_RUN:
                 if not push_sample(samples, capacity, kept, y, size, stride, run_end - i):
                     return False
                 kept += 1
-            i = run_end
+                i = run_end
+            while i < run_end:
+                if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
+                    return False
+                kept += 1
+                i += 1.0
     bin_first[n_bins] = kept
     return True
 

@@ -108,12 +108,6 @@ def _as_real_array(value, name):
     return array.astype(np.float64, copy=False)
 
 
-_BOX_PROBLEMS = {
-    _boxes.BoxProblem.BOX_NOT_FINITE: "has a NaN or infinite coordinate",
-    _boxes.BoxProblem.BOX_INDEX_NOT_INTEGER: "has a batch index that is not an integer",
-}
-
-
 def _split_rows(rows, n_images, dtype, name):
     """(batch_index, coords) from valid (K, 5) float64 rows; raise naming the first bad row."""
     rows = np.ascontiguousarray(rows, dtype=np.float64)
@@ -132,7 +126,9 @@ def _split_rows(rows, n_images, dtype, name):
             f"{name} row {row}: batch index {values[0]:g} is outside [0, {n_images}) "
             f"for input with {n_images} image(s)"
         )
-    raise ValueError(f"{name} row {row} {_BOX_PROBLEMS[problem]}: {values}")
+    if problem == _boxes.BoxProblem.BOX_INDEX_NOT_INTEGER:
+        raise ValueError(f"{name} row {row}: batch index {values[0]:g} is not an integer: {values}")
+    raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {values}")
 
 
 def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
