@@ -1,0 +1,28 @@
+"""Read tests/data/golden_torchvision.npz, written by tests/data/make_golden.py."""
+
+import json
+import os
+
+import numpy as np
+
+PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "golden_torchvision.npz")
+
+
+def load_meta():
+    """The file's JSON header: torch/torchvision versions and the list of cases."""
+    with np.load(PATH) as data:
+        return json.loads(str(data["meta"]))
+
+
+def case_names(op):
+    """Names of the cases of one op ("roi_align", "roi_align_backward", "roi_pool", ...)."""
+    return [case["name"] for case in load_meta()["cases"] if case["op"] == op]
+
+
+def load_case(name):
+    """(params dict, {array name: ndarray}) of one case."""
+    case = next(c for c in load_meta()["cases"] if c["name"] == name)
+    with np.load(PATH) as data:
+        arrays = {key.split("/", 1)[1]: data[key] for key in data.files
+                  if key.startswith(name + "/")}
+    return case["params"], arrays
