@@ -1,0 +1,349 @@
+"""roi_pool and roi_pool_backward: torchvision's golden numbers, a loop reference written from
+SEMANTICS.md, C rounding, empty bins, ties, NaN, the adjoint identity and determinism."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+from golden import case_names, load_case
+from roi_inputs import random_boxes, to_layout, to_nchw
+
+from roialign_cy import roi_pool, roi_pool_backward
+
+LAYOUTS = ["NCHW", "NHWC"]
+DTYPES = [np.float32, np.float64]
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def round_half_away(value):
+    """C's round(): halves go away from zero (np.round would go to the even neighbour)."""
+    magnitude = math.floor(abs(value))
+    if abs(value) - magnitude >= 0.5:  # exact in binary floating point
+        magnitude += 1
+    return int(math.copysign(magnitude, value))
+
+
+def quantized_bins(first, last, spatial_scale, n_bins, size, dtype):
+    """torchvision's [start, end) pixel range of every bin along one axis, clipped to [0, size].
+
+    The products with spatial_scale and the bin size are rounded to `dtype` as torchvision
+    computes them in the features' type.
+    """
+    start = round_half_away(float(dtype(first) * dtype(spatial_scale)))
+    end = round_half_away(float(dtype(last) * dtype(spatial_scale)))
+    length = max(end - start + 1, 1)
+    bin_size = dtype(length) / dtype(n_bins)
+    ranges = []
+    for p in range(n_bins):
+        low = math.floor(float(dtype(p) * bin_size)) + start
+        high = math.ceil(float(dtype(p + 1) * bin_size)) + start
+        ranges.append((min(max(low, 0), size), min(max(high, 0), size)))
+    return ranges
+
+
+def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None):
+    """Loop RoIPool of (N, C, H, W) features over (K, 5) boxes.
+
+    Returns the pooled (K, C, PH, PW) array, and with grad_output also the gradient w.r.t.
+    the features (float64): each bin's gradient to its first strict maximum, started from
+    -FLT_MAX as torchvision does; an empty bin is 0 and takes no gradient.
+    """
+    dtype = features.dtype.type
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = features.shape
+    boxes = np.asarray(boxes).astype(dtype)
+    out = np.zeros((len(boxes), channels, pooled_h, pooled_w), dtype=dtype)
+    grad_input = np.zeros(features.shape)
+    for k, (batch_index, x1, y1, x2, y2) in enumerate(boxes):
+        b = int(batch_index)
+        rows = quantized_bins(y1, y2, spatial_scale, pooled_h, height, dtype)
+        cols = quantized_bins(x1, x2, spatial_scale, pooled_w, width, dtype)
+        for ph, (y_lo, y_hi) in enumerate(rows):
+            for pw, (x_lo, x_hi) in enumerate(cols):
+                if y_hi <= y_lo or x_hi <= x_lo:
+                    continue  # empty bin: 0, no gradient
+                for c in range(channels):
+                    best, where = -FLT_MAX, None
+                    for y in range(y_lo, y_hi):
+                        for x in range(x_lo, x_hi):
+                            if features[b, c, y, x] > best:
+                                best, where = features[b, c, y, x], (y, x)
+                    out[k, c, ph, pw] = best
+                    if grad_output is not None and where is not None:
+                        grad_input[b, c][where] += grad_output[k, c, ph, pw]
+    return out if grad_output is None else (out, grad_input)
+
+
+def pool_in(features_nchw, boxes, output_size, spatial_scale=1.0, layout="NCHW", **kwargs):
+    """roi_pool of NCHW features handed over in `layout`, the result as (K, C, PH, PW)."""
+    pooled = roi_pool(to_layout(features_nchw, layout), boxes, output_size, spatial_scale,
+                      layout=layout, **kwargs)
+    return to_nchw(pooled, layout)
+
+
+def pool_backward_in(grad_output_nchw, boxes, features_nchw, output_size, spatial_scale=1.0,
+                     layout="NCHW", **kwargs):
+    """roi_pool_backward with NCHW arrays handed over in `layout`; the gradient as NCHW."""
+    grad = roi_pool_backward(to_layout(grad_output_nchw, layout), boxes,
+                             to_layout(features_nchw, layout), output_size, spatial_scale,
+                             layout=layout, **kwargs)
+    return to_nchw(grad, layout)
+
+
+# --- torchvision's numbers --------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", case_names("roi_pool"))
+def test_forward_matches_torchvision(name, layout):
+    """The pooled values are elements of the input: they must be exactly torchvision's."""
+    params, data = load_case(name)
+    got = pool_in(data["input"], data["boxes"], tuple(params["output_size"]),
+                  params["spatial_scale"], layout)
+    assert got.dtype == data["input"].dtype
+    np.testing.assert_array_equal(got, data["output"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", case_names("roi_pool_backward"))
+def test_backward_matches_torchvision(name, layout):
+    """Gradients sum in RoI order as in torchvision: exactly its autograd gradient."""
+    params, data = load_case(name)
+    got = pool_backward_in(data["grad_output"], data["boxes"], data["input"],
+                           tuple(params["output_size"]), params["spatial_scale"], layout)
+    assert got.dtype == data["input"].dtype
+    np.testing.assert_array_equal(got, data["grad_input"])
+
+
+@pytest.mark.parametrize("name", case_names("roi_pool") + case_names("roi_pool_backward"))
+def test_reference_matches_torchvision(name):
+    """The loop reference itself reproduces torchvision, so it can be trusted elsewhere."""
+    params, data = load_case(name)
+    size, scale = tuple(params["output_size"]), params["spatial_scale"]
+    if "grad_output" in data:
+        _, grad = reference_roi_pool(data["input"], data["boxes"], size, scale,
+                                     data["grad_output"])
+        np.testing.assert_allclose(grad, data["grad_input"], rtol=1e-6, atol=1e-6)
+    else:
+        out = reference_roi_pool(data["input"], data["boxes"], size, scale)
+        np.testing.assert_array_equal(out, data["output"])
+
+
+# --- the loop reference -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale, size", [(1.0, (3, 3)), (0.5, (2, 4)), (1 / 16, (3, 2)),
+                                         (0.25, (5, 5))])
+def test_matches_reference(scale, size, dtype, layout):
+    """Random features and boxes (outside, tiny, inverted, ...), forward and backward."""
+    rng = np.random.default_rng([int(1 / scale), size[0], DTYPES.index(dtype)])
+    features = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
+    boxes = random_boxes(rng, 2, 9, 11, scale, n_boxes=21)
+    boxes[::3, 1:] = np.round(boxes[::3, 1:] * scale * 2) / (scale * 2)  # exact halves
+    grad_output = rng.standard_normal((len(boxes), 3) + size).astype(dtype)
+    expected, expected_grad = reference_roi_pool(features, boxes, size, scale, grad_output)
+    got = pool_in(features, boxes, size, scale, layout)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+    grad = pool_backward_in(grad_output, boxes, features, size, scale, layout)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-6 if dtype == np.float32 else 1e-15,
+                               atol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ramp, box, output_size, spatial_scale, expected", [
+    # increasing map (v = 4 * row + col): the end rounds 0.5 -> 1 and 2.5 -> 3 (even: 0, 2)
+    ("inc", [0, 0, 0, 0.5, 0.5], 1, 1.0, [[5]]),
+    ("inc", [0, 0, 0, 2.5, 2.5], 1, 1.0, [[15]]),
+    # decreasing map (v = 15 - 4 * row - col): the start rounds 0.5 -> 1, 2.5 -> 3, -0.5 -> -1
+    ("dec", [0, 0.5, 0.5, 3, 3], 1, 1.0, [[10]]),
+    ("dec", [0, 2.5, 2.5, 3, 3], 1, 1.0, [[0]]),
+    ("dec", [0, 5, 5, 6, 6], 1, 0.5, [[0]]),
+    ("dec", [0, -0.5, -0.5, 3, 3], 2, 1.0, [[15, 14], [11, 10]]),
+    ("dec", [0, 1.5, 1.5, 3, 3], 1, 1.0, [[5]]),
+])
+def test_rounding_is_half_away_from_zero(ramp, box, output_size, spatial_scale, expected,
+                                         layout):
+    """Hand-checked against torchvision: C round(), not NumPy's round-half-to-even."""
+    increasing = np.arange(16.0).reshape(1, 1, 4, 4)
+    features = increasing if ramp == "inc" else 15 - increasing
+    got = pool_in(features, np.array([box]), output_size, spatial_scale, layout)
+    np.testing.assert_array_equal(got[0, 0], expected)
+
+
+def test_rounding_helper_is_not_numpy_round():
+    """The reference's rounding really differs from np.round on halves."""
+    halves = [0.5, 1.5, 2.5, -0.5, -2.5, 0.49999999999999994]
+    assert [round_half_away(v) for v in halves] == [1, 2, 3, -1, -3, 0]
+    assert list(np.round(halves[:5])) == [0, 2, 2, -0, -2]
+
+
+# --- empty bins, ties, NaN ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_empty_bins_are_zero_without_gradient(dtype, layout):
+    """Bins clipped away entirely give 0 (not -FLT_MAX) over negative features, no gradient."""
+    features = np.full((1, 2, 5, 6), -2.0, dtype=dtype)
+    boxes = np.array([[0, 10.0, 10.0, 14.0, 12.0],    # past the far corner
+                      [0, -9.0, -9.0, -3.0, -4.0],    # before the origin
+                      [0, -7.0, 1.0, 2.0, 3.0]])      # partly: left bins empty
+    got = pool_in(features, boxes, (2, 3), 1.0, layout)
+    np.testing.assert_array_equal(got[:2], 0)
+    np.testing.assert_array_equal(got[2, :, :, 0], 0)
+    np.testing.assert_array_equal(got[2, :, :, 2], -2)
+    grad_output = np.ones(got.shape, dtype=dtype)
+    grad = pool_backward_in(grad_output[:2], boxes[:2], features, (2, 3), 1.0, layout)
+    np.testing.assert_array_equal(grad, 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ties_first_maximum_wins(layout):
+    """A constant map: the bin's first element (row-major) takes the gradient."""
+    features = np.full((1, 1, 6, 6), 3.0)
+    boxes = np.array([[0, 1.0, 2.0, 4.0, 5.0]])  # rows 2..5, cols 1..4, one bin
+    grad = pool_backward_in(np.ones((1, 1, 1, 1)), boxes, features, 1, 1.0, layout)
+    expected = np.zeros((6, 6))
+    expected[2, 1] = 1.0
+    np.testing.assert_array_equal(grad[0, 0], expected)
+
+    rng = np.random.default_rng(21)
+    features = rng.integers(0, 3, (2, 3, 8, 9)).astype(np.float64)  # ties everywhere
+    boxes = random_boxes(rng, 2, 8, 9, 1.0, n_boxes=21)
+    grad_output = rng.standard_normal((21, 3, 3, 2))
+    _, expected = reference_roi_pool(features, boxes, (3, 2), 1.0, grad_output)
+    got = pool_backward_in(grad_output, boxes, features, (3, 2), 1.0, layout)
+    np.testing.assert_allclose(got, expected, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_is_never_the_maximum(dtype, layout):
+    """Strict > from -FLT_MAX: NaN never wins; an all-NaN bin gives -FLT_MAX and no gradient."""
+    features = np.full((1, 1, 4, 4), np.nan, dtype=dtype)
+    features[0, 0, 3, 3] = -5.0
+    features[0, 0, 0, 1] = 7.0
+    boxes = np.array([[0, 0.0, 0.0, 3.0, 3.0]])
+    got = pool_in(features, boxes, 2, 1.0, layout)  # checked against torchvision
+    np.testing.assert_array_equal(got[0, 0], np.array([[7.0, -FLT_MAX], [-FLT_MAX, -5.0]],
+                                                      dtype=dtype))
+    grad = pool_backward_in(np.ones((1, 1, 2, 2), dtype), boxes, features, 2, 1.0, layout)
+    expected = np.zeros((4, 4))
+    expected[0, 1] = expected[3, 3] = 1.0
+    np.testing.assert_array_equal(grad[0, 0], expected)
+
+
+def test_values_below_minus_flt_max_are_never_chosen():
+    """float64 values under -FLT_MAX lose to torchvision's start value, as in torchvision."""
+    features = np.full((1, 1, 4, 4), -1e300)
+    boxes = np.array([[0, 0.0, 0.0, 3.0, 3.0]])
+    np.testing.assert_array_equal(roi_pool(features, boxes, 1), -FLT_MAX)
+    np.testing.assert_array_equal(roi_pool_backward(np.ones((1, 1, 1, 1)), boxes, features, 1),
+                                  0)
+
+
+# --- the adjoint identity -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("ties", [False, True])
+def test_adjoint_identity_at_the_point(ties, layout):
+    """<roi_pool(x), g> == <x, roi_pool_backward(g, input=x)> for finite x.
+
+    Each non-empty bin outputs x[arg-max] and sends g to that element; an empty bin outputs
+    0 and sends nothing, so it adds 0 to both sides. (It fails only for a non-empty bin with
+    no element above -FLT_MAX, see the test above.) It does not hold with the arg-max taken
+    at x and another point y, which the last assertion checks.
+    """
+    rng = np.random.default_rng(int(ties))
+    shape = (3, 4, 10, 12)
+    features = (rng.integers(-2, 3, shape) if ties else rng.standard_normal(shape)) * 1.0
+    features = to_layout(features, layout)
+    boxes = random_boxes(rng, 3, 10, 12, 0.5, n_boxes=42)
+    kwargs = dict(output_size=(3, 4), spatial_scale=0.5, layout=layout)
+    pooled = roi_pool(features, boxes, **kwargs)
+    assert (pooled == 0).any()  # some empty bins take part
+    grad_output = rng.standard_normal(pooled.shape)
+    grad = roi_pool_backward(grad_output, boxes, features, **kwargs)
+    magnitude = np.vdot(np.abs(pooled), np.abs(grad_output))
+    assert magnitude > 10.0
+    assert abs(np.vdot(pooled, grad_output) - np.vdot(features, grad)) <= 1e-13 * magnitude
+    other = rng.standard_normal(features.shape)
+    gap = np.vdot(roi_pool(other, boxes, **kwargs), grad_output) - np.vdot(other, grad)
+    assert abs(gap) > 1e-3 * magnitude
+
+
+# --- threads, dtypes, empty inputs, out= ----------------------------------------------------------
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_threads_bit_identical(layout):
+    """1 thread and many give the same bits, forward and backward, on a big workload."""
+    rng = np.random.default_rng(2025)
+    features = to_layout(rng.standard_normal((2, 32, 48, 48)).astype(np.float32), layout)
+    corners = rng.uniform(-4, 40, (400, 2))
+    boxes = np.column_stack([rng.integers(0, 2, 400), corners,
+                             corners + rng.uniform(2, 24, (400, 2))])
+    many = max(4, os.cpu_count() or 1)
+    serial = roi_pool(features, boxes, 7, layout=layout, num_threads=1)
+    grad_output = rng.standard_normal(serial.shape).astype(np.float32)
+    serial_grad = roi_pool_backward(grad_output, boxes, features, 7, layout=layout,
+                                    num_threads=1)
+    assert np.count_nonzero(serial_grad) > serial_grad.size // 10
+    for n_threads in (None, many):
+        assert np.array_equal(roi_pool(features, boxes, 7, layout=layout,
+                                       num_threads=n_threads), serial)
+        assert np.array_equal(roi_pool_backward(grad_output, boxes, features, 7, layout=layout,
+                                                num_threads=n_threads), serial_grad)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_float16_in_float16_out(layout):
+    """float16 in, float16 out: forward exactly the inputs' elements, backward rounded once."""
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((2, 3, 8, 9)).astype(np.float16)
+    boxes = random_boxes(rng, 2, 8, 9, 1.0, n_boxes=12)
+    got = pool_in(features, boxes, (2, 3), 1.0, layout)
+    assert got.dtype == np.float16
+    np.testing.assert_array_equal(got, reference_roi_pool(features.astype(np.float32), boxes,
+                                                          (2, 3)))
+    grad_output = rng.standard_normal(got.shape).astype(np.float16)
+    grad = pool_backward_in(grad_output, boxes, features, (2, 3), 1.0, layout)
+    assert grad.dtype == np.float16
+    single = pool_backward_in(grad_output.astype(np.float32), boxes, features.astype(np.float32),
+                              (2, 3), 1.0, layout)
+    np.testing.assert_array_equal(grad, single.astype(np.float16))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_boxes(layout):
+    """K = 0: an empty pooled array and an all-zero gradient (out= overwritten)."""
+    features = to_layout(np.ones((2, 3, 5, 6), dtype=np.float32), layout)
+    pooled = roi_pool(features, np.zeros((0, 5)), (2, 4), layout=layout)
+    assert pooled.shape == ((0, 3, 2, 4) if layout == "NCHW" else (0, 2, 4, 3))
+    assert pooled.dtype == np.float32
+    out = np.full(features.shape, 5.0, np.float32)
+    grad = roi_pool_backward(pooled, [np.zeros((0, 4))] * 2, features, (2, 4), layout=layout,
+                             out=out)
+    assert grad is out
+    np.testing.assert_array_equal(out, 0)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_out_in_place(layout):
+    """out= is overwritten, not added to, and returned; also when not C-contiguous."""
+    rng = np.random.default_rng(8)
+    features = to_layout(rng.standard_normal((2, 3, 7, 8)), layout)
+    boxes = random_boxes(rng, 2, 7, 8, 1.0, n_boxes=14)
+    grad_output = rng.standard_normal(roi_pool(features, boxes, 3, layout=layout).shape)
+    expected = roi_pool_backward(grad_output, boxes, features, 3, layout=layout)
+    assert np.count_nonzero(expected) > 0
+    for out in (np.full(features.shape, np.nan), np.full(features.shape[::-1], 2.0).T):
+        assert roi_pool_backward(grad_output, boxes, features, 3, layout=layout, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_backward_needs_input():
+    """The arg-max is found from the features: input=None is refused, naming it."""
+    with pytest.raises(ValueError, match="input"):
+        roi_pool_backward(np.ones((1, 1, 1, 1)), np.array([[0, 0.0, 0.0, 2.0, 2.0]]), None, 1)
