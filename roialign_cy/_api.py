@@ -164,8 +164,9 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
 
     Average mode equals torchvision's ``_roi_align_backward`` (each sample sends
     ``grad * w_i / count`` to its 4 bilinear taps). Max mode sends a bin's whole gradient,
-    times the bilinear weights, to the taps of its arg-max sample (the first maximum; none
-    when a skipped out-of-map sample, value 0, is the maximum); it needs `input`.
+    times the bilinear weights, to the taps of its arg-max sample (the first maximum in
+    sample order; none when an out-of-map sample, value 0, is strictly the maximum: on a tie
+    at 0 the inside sample takes it); it needs `input`.
 
     The work is split by (image, channel block), so no two threads ever write the same
     element: results are bit-identical for any `num_threads`, without atomics.
@@ -300,6 +301,7 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     """
     if input is None:
         raise ValueError("input is required: roi_pool's gradient needs the features")
+    v.check_features(input, v.check_layout(layout))
     shape = np.shape(input)
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
                           input, True, out, num_threads)

@@ -9,6 +9,8 @@ float32 or float64, boxes in the features' dtype, batch indices inside [0, N).
 import math
 import numbers
 import operator
+import os
+import sys
 
 import numpy as np
 
@@ -162,15 +164,42 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     return _split_rows(rows, n_images, dtype, name)
 
 
+class _ThreadState:
+    """Whether this process started an OpenMP team, and whether it is a fork of one that did.
+
+    GNU libgomp's thread pool does not survive fork(): a child that starts a team after its
+    parent did hangs. Such children run every call on one thread instead.
+    """
+
+    team_started = False
+    forked_after_team = False
+
+
+def _after_fork_in_child():
+    """os.register_at_fork hook: a child of a process with a live team must stay serial."""
+    _ThreadState.forked_after_team = _ThreadState.team_started
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def check_num_threads(num_threads, work):
-    """The thread count for a call of `work` output elements: None means OpenMP's default."""
+    """The thread count for a call of `work` output elements: None means OpenMP's default.
+
+    Capped by the work (tiny calls run on one thread) and 1 in a serial build or in a
+    process forked after this one started a thread team.
+    """
     if num_threads is None:
         requested = _kernels.openmp_max_threads()
     else:
         requested = check_int(num_threads, "num_threads", minimum=1)
-    if work < _SERIAL_WORK or not _kernels.OPENMP_ENABLED:
+    if work < _SERIAL_WORK or not _kernels.OPENMP_ENABLED or _ThreadState.forked_after_team:
         return 1
-    return max(1, min(requested, work // _SERIAL_WORK))
+    n_threads = max(1, min(requested, work // _SERIAL_WORK))
+    if n_threads > 1:
+        _ThreadState.team_started = True
+    return n_threads
 
 
 def check_out(out, shape, dtype, inputs):
@@ -200,6 +229,8 @@ def kernel_out(out, shape, compute, zeroed=False):
         if zeroed:
             out.fill(0)
         return out
+    if math.prod(shape) * compute.itemsize > sys.maxsize:
+        raise MemoryError(f"the result of shape {tuple(shape)} cannot be allocated: too large")
     return np.zeros(shape, dtype=compute) if zeroed else np.empty(shape, dtype=compute)
 
 

@@ -224,15 +224,15 @@ def test_max_backward_outside_zero_wins(layout):
     np.testing.assert_array_equal(one_bin_max_gradient(1.5, box, layout), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="package gives the gradient to the inside sample when "
-                   "an earlier outside 0 ties with it; 'first maximum in (iy, ix) order' says "
-                   "the outside sample wins, so no gradient")
-def test_max_backward_zero_tie_with_earlier_outside_sample():
+def test_max_backward_zero_tie_goes_to_inside_sample():
     """Zero map, box (-6, 0, 2, 4): the outside sample (1, -4) and the inside (1, 0) tie at 0.
 
-    The first maximum in (iy, ix) order is the outside sample, which takes no gradient.
+    Documented rule: the out-of-map 0 only wins when every inside sample is below 0, so on
+    a tie the inside sample (1, 0), which sits on a pixel, takes the whole gradient.
     """
-    np.testing.assert_array_equal(one_bin_max_gradient(0.0, (-6.0, 0.0, 2.0, 4.0)), 0)
+    expected = np.zeros((6, 6))
+    expected[1, 0] = 1.0
+    np.testing.assert_array_equal(one_bin_max_gradient(0.0, (-6.0, 0.0, 2.0, 4.0)), expected)
 
 
 # --- finite differences of our own forward ----------------------------------------------------
