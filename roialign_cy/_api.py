@@ -213,11 +213,22 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
     sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
     call = _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
                           input, mode == "max", out, num_threads)
-    if call.grad.size and not _kernels.roi_align_backward(
-        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
-        call.scale, *call.pooled, sampling_ratio, bool(aligned), mode == "max",
-        call.features, call.kernel_result, call.channel_blocks, call.n_threads,
-    ):
+    if not call.grad.size:
+        return v.deliver(call.result, call.out, call.result_dtype)
+    if mode == "avg" and v.use_channel_blocks(call.kernel_result.shape, len(call.coords),
+                                              call.pooled, layout):
+        done = _kernels.roi_align_backward_blocked(
+            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+            call.scale, *call.pooled, sampling_ratio, bool(aligned), call.kernel_result,
+            call.n_threads,
+        )
+    else:
+        done = _kernels.roi_align_backward(
+            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+            call.scale, *call.pooled, sampling_ratio, bool(aligned), mode == "max",
+            call.features, call.kernel_result, call.channel_blocks, call.n_threads,
+        )
+    if not done:
         raise MemoryError("roi_align_backward: could not allocate the per-thread sample tables")
     return v.deliver(call.result, call.out, call.result_dtype)
 

@@ -52,3 +52,41 @@ cdef inline void unpack_roi(const floating* pooled, floating* out_roi, const Geo
     for b in range(n_bins):
         for c in range(n_channels):
             out_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled[b * BLOCK + c]
+
+
+cdef inline void unpack_block(const floating* packed, floating* image, const Geometry* g,
+                              Py_ssize_t c0, Py_ssize_t n_channels) noexcept nogil:
+    """Write packed (H*W, BLOCK) back to channels [c0, c0 + n_channels) of one image."""
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t p, c, tile, tile_end
+    cdef const floating* src
+    cdef floating* dst
+    if g.channels_last:
+        for p in range(n_pixels):
+            src = packed + p * BLOCK
+            dst = image + p * g.channels + c0
+            for c in range(n_channels):
+                dst[c] = src[c]
+        return
+    tile = 0
+    while tile < n_pixels:
+        tile_end = tile + PACK_TILE if tile + PACK_TILE < n_pixels else n_pixels
+        for c in range(n_channels):
+            src = packed + c
+            dst = image + (c0 + c) * g.channel_stride
+            for p in range(tile, tile_end):
+                dst[p] = src[p * BLOCK]
+        tile = tile_end
+
+
+cdef inline void pack_roi(const floating* values_roi, floating* packed_roi, const Geometry* g,
+                          Py_ssize_t c0, Py_ssize_t n_channels) noexcept nogil:
+    """Read one RoI's channels [c0, c0 + n_channels) into (n_bins, BLOCK), zero-padded."""
+    cdef Py_ssize_t b, c
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    for b in range(n_bins):
+        for c in range(n_channels):
+            packed_roi[b * BLOCK + c] = values_roi[(c0 + c) * g.out_channel_stride
+                                                   + b * g.out_bin_stride]
+        for c in range(n_channels, BLOCK):
+            packed_roi[b * BLOCK + c] = 0

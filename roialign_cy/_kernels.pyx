@@ -16,7 +16,8 @@ from roialign_cy._bilinear cimport (
     table_free,
     table_init,
 )
-from roialign_cy._blocks cimport BLOCK, pack_block, unpack_roi
+from roialign_cy._blocks cimport BLOCK, pack_block, pack_roi, unpack_block, unpack_roi
+from libc.string cimport memset
 from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
 
@@ -350,6 +351,21 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
     return True
 
 
+cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, floating* roi_grad,
+                                   const floating* box, floating spatial_scale,
+                                   const Geometry* g, SampleTable* table, Py_ssize_t c0,
+                                   Py_ssize_t n_channels) noexcept nogil:
+    """Add one RoI's average-mode gradient for channels [c0, c0 + n) to a packed block."""
+    cdef RoIGrid grid
+    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                              g.sampling_ratio, g.height, g.width, g.width * BLOCK, BLOCK,
+                              &grid):
+        return False
+    pack_roi(grad_roi, roi_grad, g, c0, n_channels)
+    unpool_channels_last(packed, roi_grad, BLOCK, 0, BLOCK, table, <floating>grid.count)
+    return True
+
+
 def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
                        const floating[:, ::1] boxes,
                        const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
@@ -399,4 +415,62 @@ def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_l
         if table != NULL:
             table_free(table)
             free(table)
+    return not failed
+
+
+def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint channels_last,
+                               const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
+                               const Py_ssize_t[::1] image_first, double spatial_scale,
+                               Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                               Py_ssize_t sampling_ratio, bint aligned,
+                               floating[:, :, :, ::1] grad_input, int n_threads):
+    """Average-mode backward for many RoIs per image: work items are (image, channel block).
+
+    The mirror of roi_align_forward_blocked: each item accumulates the gradients of all the
+    image's RoIs into a cache-resident packed block, then writes the block out once. Items
+    own disjoint elements, and each element still sums in torchvision's order: deterministic
+    and bit-identical to roi_align_backward.
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, sampling_ratio, aligned)
+    cdef Py_ssize_t n_images = grad_input.shape[0]
+    cdef Py_ssize_t n_blocks = (g.channels + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef SampleTable* table = NULL
+    cdef floating* packed = NULL
+    cdef floating* roi_grad = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
+    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        table = <SampleTable*>malloc(sizeof(SampleTable))
+        if table == NULL or not table_init(table, pooled_height, pooled_width):
+            failed_flag[0] = 1
+        packed = <floating*>malloc(n_pixels * BLOCK * sizeof(floating))
+        roi_grad = <floating*>malloc(pooled_height * pooled_width * BLOCK * sizeof(floating))
+        if packed == NULL or roi_grad == NULL:
+            failed_flag[0] = 1
+        for item in prange(n_images * n_blocks, schedule='dynamic'):
+            b = item // n_blocks
+            if failed_flag[0] or image_first[b] == image_first[b + 1]:
+                continue  # an image without RoIs keeps its zero gradient
+            c0 = (item % n_blocks) * BLOCK
+            n_channels = g.channels - c0 if g.channels - c0 < BLOCK else BLOCK
+            memset(packed, 0, n_pixels * BLOCK * sizeof(floating))
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                if not unpool_packed_roi(packed, grad_out + k * g.out_roi_stride, roi_grad,
+                                         &boxes[k, 0], scale, &g, table, c0, n_channels):
+                    failed_flag[0] = 1
+                    break
+            unpack_block(packed, grad_base + b * g.image_stride, &g, c0, n_channels)
+        if table != NULL:
+            table_free(table)
+        free(table)
+        free(packed)
+        free(roi_grad)
     return not failed
