@@ -14,9 +14,6 @@ def _output_shape(n_rois, channels, pooled, layout):
     return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
 
 
-def _channels(shape, layout):
-    """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
-    return shape[3] if layout == "NHWC" else shape[1]
 
 
 def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads):
@@ -26,7 +23,7 @@ def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_thr
     pooled = v.check_output_size(output_size)
     scale = v.check_spatial_scale(spatial_scale)
     batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
-    shape = _output_shape(len(coords), _channels(features.shape, layout), pooled, layout)
+    shape = _output_shape(len(coords), v.channels_of(features.shape, layout), pooled, layout)
     out = v.check_out(out, shape, result_dtype, (input, boxes))
     result = v.kernel_out(out, shape, features.dtype)
     return SimpleNamespace(
@@ -115,6 +112,7 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
         done = _kernels.roi_align_forward_blocked(
             call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
             *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result,
+            v.packed_block_size(call.features.shape, layout, call.features.itemsize, call.n_threads),
             call.n_threads,
         )
     else:
@@ -140,7 +138,7 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
     dtype = v.compute_dtype(grad_probe.dtype, "grad_output")
     batch_index, coords = v.check_boxes(boxes, n_images, was_3d, dtype)
     grad, result_dtype = v.check_grad_output(
-        grad_probe, _output_shape(len(coords), _channels(shape, layout), pooled, layout)
+        grad_probe, _output_shape(len(coords), v.channels_of(shape, layout), pooled, layout)
     )
     features = v.check_matching_input(input, shape, dtype) if needs_input else None
     user_shape = shape[1:] if was_3d else shape
@@ -153,7 +151,7 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
         image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,
         result=result, kernel_result=result.reshape(shape), result_dtype=result_dtype,
         n_threads=n_threads,
-        channel_blocks=v.channel_blocks(n_threads, n_images, _channels(shape, layout)),
+        channel_blocks=v.channel_blocks(n_threads, n_images, v.channels_of(shape, layout)),
     )
 
 
@@ -220,6 +218,8 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
         done = _kernels.roi_align_backward_blocked(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, sampling_ratio, bool(aligned), call.kernel_result,
+            v.packed_block_size(call.kernel_result.shape, layout, call.kernel_result.itemsize,
+                            call.n_threads),
             call.n_threads,
         )
     else:

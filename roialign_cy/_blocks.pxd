@@ -1,21 +1,23 @@
 # Channel blocks: the layout the forward kernel gathers from when many RoIs share an image.
 #
 # Walking every channel plane per RoI (torchvision's order) misses the cache on every plane.
-# Instead, BLOCK channels of one image are packed pixel-major into a per-thread buffer
-# (H*W, BLOCK) that stays in cache, and every RoI of that image is pooled from it: each tap
-# then reads one 64-byte line and the channel loop has a fixed length the compiler unrolls.
+# Instead, `block` channels of one image are packed pixel-major into a per-thread buffer
+# (H*W, block) that stays in cache, and every RoI of that image is pooled from it: each tap
+# reads `block` contiguous values and the channel loop vectorizes. The wrapper sizes `block`
+# (a multiple of BLOCK_QUANTUM) so that the buffer fits in cache: small maps get all their
+# channels in one block, so each RoI's sample table is built once.
 
 from roialign_cy._bilinear cimport floating
 from roialign_cy._geometry cimport Geometry
 
 cdef enum:
-    BLOCK = 16        # channels per block: one 64-byte cache line of float32
     PACK_TILE = 256   # pixels per tile while transposing planes (the tile stays in L1)
 
 
 cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t c0,
-                            Py_ssize_t n_channels, floating* packed) noexcept nogil:
-    """Copy channels [c0, c0 + n_channels) of one image to packed (H*W, BLOCK), zero-padded."""
+                            Py_ssize_t n_channels, floating* packed,
+                            Py_ssize_t block) noexcept nogil:
+    """Copy channels [c0, c0 + n_channels) of one image to packed (H*W, block), zero-padded."""
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t p, c, tile, tile_end
     cdef const floating* src
@@ -23,47 +25,49 @@ cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t
     if g.channels_last:
         for p in range(n_pixels):
             src = image + p * g.channels + c0
-            dst = packed + p * BLOCK
+            dst = packed + p * block
             for c in range(n_channels):
                 dst[c] = src[c]
-            for c in range(n_channels, BLOCK):
+            for c in range(n_channels, block):
                 dst[c] = 0
         return
     tile = 0
     while tile < n_pixels:
         tile_end = tile + PACK_TILE if tile + PACK_TILE < n_pixels else n_pixels
-        for c in range(BLOCK):
+        for c in range(block):
             dst = packed + c
             if c < n_channels:
                 src = image + (c0 + c) * g.channel_stride
                 for p in range(tile, tile_end):
-                    dst[p * BLOCK] = src[p]
+                    dst[p * block] = src[p]
             else:
                 for p in range(tile, tile_end):
-                    dst[p * BLOCK] = 0
+                    dst[p * block] = 0
         tile = tile_end
 
 
 cdef inline void unpack_roi(const floating* pooled, floating* out_roi, const Geometry* g,
-                            Py_ssize_t c0, Py_ssize_t n_channels) noexcept nogil:
-    """Write one RoI's pooled block (n_bins, BLOCK) to its channels [c0, c0 + n_channels)."""
+                            Py_ssize_t c0, Py_ssize_t n_channels,
+                            Py_ssize_t block) noexcept nogil:
+    """Write one RoI's pooled block (n_bins, block) to its channels [c0, c0 + n_channels)."""
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     for b in range(n_bins):
         for c in range(n_channels):
-            out_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled[b * BLOCK + c]
+            out_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled[b * block + c]
 
 
 cdef inline void unpack_block(const floating* packed, floating* image, const Geometry* g,
-                              Py_ssize_t c0, Py_ssize_t n_channels) noexcept nogil:
-    """Write packed (H*W, BLOCK) back to channels [c0, c0 + n_channels) of one image."""
+                              Py_ssize_t c0, Py_ssize_t n_channels,
+                              Py_ssize_t block) noexcept nogil:
+    """Write packed (H*W, block) back to channels [c0, c0 + n_channels) of one image."""
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t p, c, tile, tile_end
     cdef const floating* src
     cdef floating* dst
     if g.channels_last:
         for p in range(n_pixels):
-            src = packed + p * BLOCK
+            src = packed + p * block
             dst = image + p * g.channels + c0
             for c in range(n_channels):
                 dst[c] = src[c]
@@ -75,18 +79,19 @@ cdef inline void unpack_block(const floating* packed, floating* image, const Geo
             src = packed + c
             dst = image + (c0 + c) * g.channel_stride
             for p in range(tile, tile_end):
-                dst[p] = src[p * BLOCK]
+                dst[p] = src[p * block]
         tile = tile_end
 
 
 cdef inline void pack_roi(const floating* values_roi, floating* packed_roi, const Geometry* g,
-                          Py_ssize_t c0, Py_ssize_t n_channels) noexcept nogil:
-    """Read one RoI's channels [c0, c0 + n_channels) into (n_bins, BLOCK), zero-padded."""
+                          Py_ssize_t c0, Py_ssize_t n_channels,
+                          Py_ssize_t block) noexcept nogil:
+    """Read one RoI's channels [c0, c0 + n_channels) into (n_bins, block), zero-padded."""
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     for b in range(n_bins):
         for c in range(n_channels):
-            packed_roi[b * BLOCK + c] = values_roi[(c0 + c) * g.out_channel_stride
+            packed_roi[b * block + c] = values_roi[(c0 + c) * g.out_channel_stride
                                                    + b * g.out_bin_stride]
-        for c in range(n_channels, BLOCK):
-            packed_roi[b * BLOCK + c] = 0
+        for c in range(n_channels, block):
+            packed_roi[b * block + c] = 0

@@ -16,7 +16,7 @@ from roialign_cy._bilinear cimport (
     table_free,
     table_init,
 )
-from roialign_cy._blocks cimport BLOCK, pack_block, pack_roi, unpack_block, unpack_roi
+from roialign_cy._blocks cimport pack_block, pack_roi, unpack_block, unpack_roi
 from libc.string cimport memset
 from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
@@ -140,15 +140,15 @@ cdef inline bint pool_roi(const floating* image, const floating* box, floating s
 
 cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
                                  floating spatial_scale, const Geometry* g,
-                                 SampleTable* table, floating* pooled,
-                                 bint max_mode) noexcept nogil:
-    """Pool one RoI from a packed channel block into pooled (n_bins, BLOCK)."""
+                                 SampleTable* table, floating* pooled, bint max_mode,
+                                 Py_ssize_t block) noexcept nogil:
+    """Pool one RoI from a packed channel block into pooled (n_bins, block)."""
     cdef RoIGrid grid
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.width * BLOCK, BLOCK,
+                              g.sampling_ratio, g.height, g.width, g.width * block, block,
                               &grid):
         return False
-    pool_channels_last(packed, pooled, BLOCK, table, <floating>grid.count, max_mode,
+    pool_channels_last(packed, pooled, block, table, <floating>grid.count, max_mode,
                        grid.grid_h * grid.grid_w)
     return True
 
@@ -194,17 +194,17 @@ def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channe
                               const Py_ssize_t[::1] image_first, double spatial_scale,
                               Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                               Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
-                              floating[:, :, :, ::1] out, int n_threads):
+                              floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads):
     """RoIAlign forward for many RoIs per image: work items are (image, channel block).
 
-    Each item packs BLOCK channels of its image into a cache-resident buffer and pools all
+    Each item packs `block` channels of its image into a cache-resident buffer and pools all
     the image's RoIs from it (see _blocks.pxd). Same numbers as roi_align_forward, bit for
     bit: each output element still sums its samples in torchvision's order.
     """
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     cdef Py_ssize_t n_images = features.shape[0]
-    cdef Py_ssize_t n_blocks = (g.channels + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t item, b, c0, n_channels, j, k
     cdef SampleTable* table = NULL
     cdef floating* packed = NULL
@@ -219,24 +219,24 @@ def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channe
         table = <SampleTable*>malloc(sizeof(SampleTable))
         if table == NULL or not table_init(table, pooled_height, pooled_width):
             failed_flag[0] = 1
-        packed = <floating*>malloc(g.height * g.width * BLOCK * sizeof(floating))
-        pooled = <floating*>malloc(pooled_height * pooled_width * BLOCK * sizeof(floating))
+        packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
+        pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
         if packed == NULL or pooled == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
             b = item // n_blocks
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue
-            c0 = (item % n_blocks) * BLOCK
-            n_channels = g.channels - c0 if g.channels - c0 < BLOCK else BLOCK
-            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed)
+            c0 = (item % n_blocks) * block
+            n_channels = g.channels - c0 if g.channels - c0 < block else block
+            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
                 if not pool_packed_roi(packed, &boxes[k, 0], scale, &g, table, pooled,
-                                       max_mode):
+                                       max_mode, block):
                     failed_flag[0] = 1
                     break
-                unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels)
+                unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
         if table != NULL:
             table_free(table)
         free(table)
@@ -354,15 +354,15 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
 cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, floating* roi_grad,
                                    const floating* box, floating spatial_scale,
                                    const Geometry* g, SampleTable* table, Py_ssize_t c0,
-                                   Py_ssize_t n_channels) noexcept nogil:
+                                   Py_ssize_t n_channels, Py_ssize_t block) noexcept nogil:
     """Add one RoI's average-mode gradient for channels [c0, c0 + n) to a packed block."""
     cdef RoIGrid grid
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.width * BLOCK, BLOCK,
+                              g.sampling_ratio, g.height, g.width, g.width * block, block,
                               &grid):
         return False
-    pack_roi(grad_roi, roi_grad, g, c0, n_channels)
-    unpool_channels_last(packed, roi_grad, BLOCK, 0, BLOCK, table, <floating>grid.count)
+    pack_roi(grad_roi, roi_grad, g, c0, n_channels, block)
+    unpool_channels_last(packed, roi_grad, block, 0, block, table, <floating>grid.count)
     return True
 
 
@@ -423,7 +423,8 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
                                const Py_ssize_t[::1] image_first, double spatial_scale,
                                Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                                Py_ssize_t sampling_ratio, bint aligned,
-                               floating[:, :, :, ::1] grad_input, int n_threads):
+                               floating[:, :, :, ::1] grad_input, Py_ssize_t block,
+                               int n_threads):
     """Average-mode backward for many RoIs per image: work items are (image, channel block).
 
     The mirror of roi_align_forward_blocked: each item accumulates the gradients of all the
@@ -434,7 +435,7 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     cdef Py_ssize_t n_images = grad_input.shape[0]
-    cdef Py_ssize_t n_blocks = (g.channels + BLOCK - 1) // BLOCK
+    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t item, b, c0, n_channels, j, k
     cdef SampleTable* table = NULL
@@ -450,24 +451,25 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
         table = <SampleTable*>malloc(sizeof(SampleTable))
         if table == NULL or not table_init(table, pooled_height, pooled_width):
             failed_flag[0] = 1
-        packed = <floating*>malloc(n_pixels * BLOCK * sizeof(floating))
-        roi_grad = <floating*>malloc(pooled_height * pooled_width * BLOCK * sizeof(floating))
+        packed = <floating*>malloc(n_pixels * block * sizeof(floating))
+        roi_grad = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
         if packed == NULL or roi_grad == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
             b = item // n_blocks
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue  # an image without RoIs keeps its zero gradient
-            c0 = (item % n_blocks) * BLOCK
-            n_channels = g.channels - c0 if g.channels - c0 < BLOCK else BLOCK
-            memset(packed, 0, n_pixels * BLOCK * sizeof(floating))
+            c0 = (item % n_blocks) * block
+            n_channels = g.channels - c0 if g.channels - c0 < block else block
+            memset(packed, 0, n_pixels * block * sizeof(floating))
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
                 if not unpool_packed_roi(packed, grad_out + k * g.out_roi_stride, roi_grad,
-                                         &boxes[k, 0], scale, &g, table, c0, n_channels):
+                                         &boxes[k, 0], scale, &g, table, c0, n_channels,
+                                         block):
                     failed_flag[0] = 1
                     break
-            unpack_block(packed, grad_base + b * g.image_stride, &g, c0, n_channels)
+            unpack_block(packed, grad_base + b * g.image_stride, &g, c0, n_channels, block)
         if table != NULL:
             table_free(table)
         free(table)

@@ -22,6 +22,10 @@ _INT32_MAX = 2**31 - 1
 # Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
 # team costs more than it saves.
 _SERIAL_WORK = 1 << 14
+# Channel blocks (_blocks.pxd) hold a multiple of BLOCK_QUANTUM channels (one 64-byte line
+# of float32) and, when the map allows, about BLOCK_BYTES: a core's share of the caches.
+BLOCK_QUANTUM = 16
+BLOCK_BYTES = 2 << 20
 
 
 def check_layout(layout):
@@ -294,6 +298,29 @@ def channel_blocks(n_threads, n_images, channels):
     return max(1, min(channels, -(-4 * n_threads // n_images)))
 
 
+def packed_block_size(features_shape, layout, itemsize, n_threads):
+    """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
+    few enough that every thread gets several (image, block) work items."""
+    n_images, channels = features_shape[0], channels_of(features_shape, layout)
+    height, width = map_size(features_shape, layout)
+    quantum = BLOCK_QUANTUM
+    all_channels = -(-channels // quantum) * quantum
+    block = min(all_channels, max(quantum, BLOCK_BYTES // (height * width * itemsize) // quantum * quantum))
+    while block > quantum and n_images * -(-channels // block) < 4 * n_threads:
+        block -= quantum
+    return block
+
+
+def channels_of(shape, layout):
+    """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
+    return shape[3] if layout == "NHWC" else shape[1]
+
+
+def map_size(shape, layout):
+    """(H, W) of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
+    return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
+
+
 def use_channel_blocks(features_shape, n_rois, pooled, layout):
     """Whether the forward should pack channel blocks (many RoIs per image) or walk per RoI.
 
@@ -301,9 +328,8 @@ def use_channel_blocks(features_shape, n_rois, pooled, layout):
     (about 4 samples x 4 taps per bin) outnumber the pixels, and there are enough RoIs
     per image to reuse each packed block.
     """
-    if n_rois < 16 * features_shape[0]:
+    n_images = features_shape[0]
+    if n_rois < 16 * n_images:
         return False
-    n_images, height, width = (features_shape[0],) + (
-        features_shape[1:3] if layout == "NHWC" else features_shape[2:4]
-    )
+    height, width = map_size(features_shape, layout)
     return n_rois * pooled[0] * pooled[1] * 16 >= n_images * height * width
