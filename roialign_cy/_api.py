@@ -29,7 +29,8 @@ def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_thr
     return SimpleNamespace(
         features=features, channels_last=layout == "NHWC", batch_index=batch_index,
         coords=coords, scale=scale, pooled=pooled, out=out, result=result,
-        result_dtype=result_dtype, n_threads=v.check_num_threads(num_threads, result.size),
+        result_dtype=result_dtype,
+        team=v.ThreadTeam(v.check_num_threads(num_threads, result.size), num_threads is None),
     )
 
 
@@ -105,25 +106,29 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     mode = v.check_mode(mode)
     sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
-    if not call.result.size:
-        return v.deliver(call.result, call.out, call.result_dtype)
-    if v.use_channel_blocks(call.features.shape, len(call.coords), call.pooled, layout):
-        roi_order, image_first = v.rois_by_image(call.batch_index, call.features.shape[0])
-        done = _kernels.roi_align_forward_blocked(
-            call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
-            *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result,
-            v.packed_block_size(call.features.shape, layout, call.features.itemsize, call.n_threads),
-            call.n_threads,
-        )
-    else:
-        done = _kernels.roi_align_forward(
-            call.features, call.channels_last, call.batch_index, call.coords, call.scale,
-            *call.pooled, sampling_ratio, bool(aligned), mode == "max", call.result,
-            call.n_threads,
-        )
-    if not done:
-        raise MemoryError("roi_align: could not allocate the per-thread sample tables")
+    if call.result.size:
+        with call.team as n_threads:
+            done = _align_forward_kernel(call, layout, sampling_ratio, bool(aligned),
+                                         mode == "max", n_threads)
+        if not done:
+            raise MemoryError("roi_align: could not allocate the per-thread sample tables")
     return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
+    """Run the forward kernel that suits the call: channel blocks when RoIs are many."""
+    shape = call.features.shape
+    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+        return _kernels.roi_align_forward(
+            call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+            *call.pooled, sampling_ratio, aligned, max_mode, call.result, n_threads,
+        )
+    roi_order, image_first = v.rois_by_image(call.batch_index, shape[0])
+    return _kernels.roi_align_forward_blocked(
+        call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
+        *call.pooled, sampling_ratio, aligned, max_mode, call.result,
+        v.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
+    )
 
 
 def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
@@ -144,14 +149,13 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
     user_shape = shape[1:] if was_3d else shape
     out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
     result = v.kernel_out(out, user_shape, dtype, zeroed=True)
-    n_threads = v.check_num_threads(num_threads, grad.size)
+    team = v.ThreadTeam(v.check_num_threads(num_threads, grad.size), num_threads is None)
     roi_order, image_first = v.rois_by_image(batch_index, n_images)
     return SimpleNamespace(
         grad=grad, channels_last=layout == "NHWC", coords=coords, roi_order=roi_order,
         image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,
         result=result, kernel_result=result.reshape(shape), result_dtype=result_dtype,
-        n_threads=n_threads,
-        channel_blocks=v.channel_blocks(n_threads, n_images, v.channels_of(shape, layout)),
+        team=team,
     )
 
 
@@ -211,26 +215,31 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
     sampling_ratio = v.check_int(sampling_ratio, "sampling_ratio")
     call = _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
                           input, mode == "max", out, num_threads)
-    if not call.grad.size:
-        return v.deliver(call.result, call.out, call.result_dtype)
-    if mode == "avg" and v.use_channel_blocks(call.kernel_result.shape, len(call.coords),
-                                              call.pooled, layout):
-        done = _kernels.roi_align_backward_blocked(
-            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
-            call.scale, *call.pooled, sampling_ratio, bool(aligned), call.kernel_result,
-            v.packed_block_size(call.kernel_result.shape, layout, call.kernel_result.itemsize,
-                            call.n_threads),
-            call.n_threads,
-        )
-    else:
-        done = _kernels.roi_align_backward(
-            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
-            call.scale, *call.pooled, sampling_ratio, bool(aligned), mode == "max",
-            call.features, call.kernel_result, call.channel_blocks, call.n_threads,
-        )
-    if not done:
-        raise MemoryError("roi_align_backward: could not allocate the per-thread sample tables")
+    if call.grad.size:
+        with call.team as n_threads:
+            done = _align_backward_kernel(call, layout, sampling_ratio, bool(aligned),
+                                          mode == "max", n_threads)
+        if not done:
+            raise MemoryError("roi_align_backward: could not allocate the per-thread tables")
     return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
+    """Run the backward kernel that suits the call: channel blocks when RoIs are many."""
+    shape = call.kernel_result.shape
+    if not max_mode and v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+        return _kernels.roi_align_backward_blocked(
+            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+            call.scale, *call.pooled, sampling_ratio, aligned, call.kernel_result,
+            v.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads),
+            n_threads,
+        )
+    return _kernels.roi_align_backward(
+        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+        call.scale, *call.pooled, sampling_ratio, aligned, max_mode, call.features,
+        call.kernel_result, v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)),
+        n_threads,
+    )
 
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out=None,
@@ -268,11 +277,14 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
            [ 9., 10.]], dtype=float32)
     """
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
-    if call.result.size and not _pool_kernels.roi_pool_forward(
-        call.features, call.channels_last, call.batch_index, call.coords, call.scale,
-        *call.pooled, call.result, call.n_threads,
-    ):
-        raise MemoryError("roi_pool: could not allocate the per-thread bin tables")
+    if call.result.size:
+        with call.team as n_threads:
+            done = _pool_kernels.roi_pool_forward(
+                call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+                *call.pooled, call.result, n_threads,
+            )
+        if not done:
+            raise MemoryError("roi_pool: could not allocate the per-thread bin tables")
     return v.deliver(call.result, call.out, call.result_dtype)
 
 
@@ -316,10 +328,14 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     shape = np.shape(input)
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
                           input, True, out, num_threads)
-    if call.grad.size and not _pool_kernels.roi_pool_backward(
-        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
-        call.scale, *call.pooled, call.features, call.kernel_result, call.channel_blocks,
-        call.n_threads,
-    ):
-        raise MemoryError("roi_pool_backward: could not allocate the per-thread bin tables")
+    if call.grad.size:
+        shape = call.kernel_result.shape
+        with call.team as n_threads:
+            done = _pool_kernels.roi_pool_backward(
+                call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+                call.scale, *call.pooled, call.features, call.kernel_result,
+                v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
+            )
+        if not done:
+            raise MemoryError("roi_pool_backward: could not allocate the per-thread bin tables")
     return v.deliver(call.result, call.out, call.result_dtype)

@@ -11,6 +11,7 @@ import numbers
 import operator
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -186,6 +187,38 @@ def _after_fork_in_child():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class ThreadTeam:
+    """Context manager giving one kernel call its OpenMP team size.
+
+    Calls with num_threads=None that run at the same time from several Python threads share
+    OpenMP's default size between them instead of each starting a full team (which would
+    oversubscribe the cores: 8 pool threads x 16 OpenMP threads on 16 cores). An explicit
+    num_threads is used as given. Results do not depend on the team size.
+    """
+
+    _lock = threading.Lock()
+    _active = 0  # default-sized multi-threaded calls running right now
+
+    __slots__ = ("n_threads", "shared")
+
+    def __init__(self, n_threads, shared):
+        self.n_threads = n_threads
+        self.shared = shared and n_threads > 1
+
+    def __enter__(self):
+        if not self.shared:
+            return self.n_threads
+        with ThreadTeam._lock:
+            ThreadTeam._active += 1
+            active = ThreadTeam._active
+        return max(1, self.n_threads // active)
+
+    def __exit__(self, *exc_info):
+        if self.shared:
+            with ThreadTeam._lock:
+                ThreadTeam._active -= 1
 
 
 def check_num_threads(num_threads, work):
