@@ -5,13 +5,19 @@ from libc.math cimport floor, isfinite
 
 from roialign_cy._bilinear cimport floating
 
-cpdef enum BoxProblem:
+cdef enum BoxProblem:
     # What split_rows found wrong with a row.
     BOX_OK = 0
     BOX_NOT_FINITE = 1          # a coordinate is NaN or infinite
     BOX_TOO_LARGE = 2           # a coordinate overflows the features' dtype
     BOX_INDEX_NOT_INTEGER = 3
     BOX_INDEX_OUT_OF_RANGE = 4
+
+# The same codes for Python (plain ints: comparing them costs nothing).
+NOT_FINITE = BOX_NOT_FINITE
+TOO_LARGE = BOX_TOO_LARGE
+INDEX_NOT_INTEGER = BOX_INDEX_NOT_INTEGER
+INDEX_OUT_OF_RANGE = BOX_INDEX_OUT_OF_RANGE
 
 
 cdef inline BoxProblem split_row(const double* row, Py_ssize_t n_images,
@@ -38,7 +44,7 @@ def split_rows(const double[:, ::1] rows, Py_ssize_t n_images, Py_ssize_t[::1] b
                floating[:, ::1] coords):
     """Split (K, 5) rows into batch_index and coords (cast to the features' dtype).
 
-    Returns (row, problem): the first bad row and what is wrong with it, or (-1, BOX_OK).
+    Returns (row, problem): the first bad row and what is wrong with it, or (-1, 0).
     """
     cdef BoxProblem problem = BOX_OK
     cdef Py_ssize_t k
@@ -48,5 +54,5 @@ def split_rows(const double[:, ::1] rows, Py_ssize_t n_images, Py_ssize_t[::1] b
             if problem != BOX_OK:
                 break
     if problem != BOX_OK:
-        return k, problem
-    return -1, BOX_OK
+        return k, <int>problem
+    return -1, 0

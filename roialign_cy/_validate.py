@@ -20,6 +20,8 @@ from roialign_cy import _boxes, _kernels
 LAYOUTS = ("NCHW", "NHWC")
 MODES = ("avg", "max")
 _INT32_MAX = 2**31 - 1
+_FLOAT32 = np.dtype(np.float32)
+_FLOAT64 = np.dtype(np.float64)
 # Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
 # team costs more than it saves.
 _SERIAL_WORK = 1 << 14
@@ -45,6 +47,8 @@ def check_mode(mode):
 
 def check_int(value, name, minimum=None):
     """Return value as a Python int (bools and floats refused), at least `minimum`."""
+    if type(value) is int and (minimum is None or value >= minimum) and abs(value) <= _INT32_MAX:
+        return value  # the common case, fast
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool {value!r}")
     try:
@@ -60,6 +64,8 @@ def check_int(value, name, minimum=None):
 
 def check_output_size(output_size):
     """Return (PH, PW) from an int or a pair of ints, each >= 1."""
+    if type(output_size) is int and 0 < output_size <= _INT32_MAX:  # the common case, fast
+        return output_size, output_size
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
             raise ValueError(
@@ -72,6 +78,8 @@ def check_output_size(output_size):
 
 def check_spatial_scale(spatial_scale):
     """Return spatial_scale as a float, finite and > 0."""
+    if type(spatial_scale) is float and 0 < spatial_scale < math.inf:  # the common case, fast
+        return spatial_scale
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"spatial_scale must be a real number, got {spatial_scale!r}")
     scale = float(spatial_scale)
@@ -93,8 +101,12 @@ def check_features(array, layout, name="input"):
     The array is copied only when it is not already C-contiguous, native-endian float32/64.
     """
     features = np.asarray(array)
-    result_dtype = features.dtype.newbyteorder("=")
-    dtype = compute_dtype(features.dtype, name)
+    dtype = features.dtype
+    if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case: skip the slow checks
+        result_dtype = dtype
+    else:
+        result_dtype = dtype.newbyteorder("=")
+        dtype = compute_dtype(dtype, name)
     if features.ndim not in (3, 4):
         shape = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
         raise ValueError(f"{name} must be 4-D {shape} or 3-D (one image), got shape {features.shape}")
@@ -108,32 +120,31 @@ def check_features(array, layout, name="input"):
 
 
 def _as_real_array(value, name):
-    """value as a float64 array, refusing complex, bool and non-numeric input."""
+    """value as a C-contiguous float64 array, refusing complex, bool and non-numeric input."""
     array = np.asarray(value)
     if array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    return array.astype(np.float64, copy=False)
+    return np.ascontiguousarray(array, dtype=np.float64)
 
 
 def _split_rows(rows, n_images, dtype, name):
     """(batch_index, coords) from valid (K, 5) float64 rows; raise naming the first bad row."""
-    rows = np.ascontiguousarray(rows, dtype=np.float64)
     batch_index = np.empty(len(rows), dtype=np.intp)
     coords = np.empty((len(rows), 4), dtype=dtype)
     row, problem = _boxes.split_rows(rows, n_images, batch_index, coords)
-    if problem == _boxes.BoxProblem.BOX_OK:
+    if row < 0:
         return batch_index, coords
     values = rows[row].tolist()
-    if problem == _boxes.BoxProblem.BOX_TOO_LARGE:
+    if problem == _boxes.TOO_LARGE:
         raise ValueError(
             f"{name} row {row} does not fit in {dtype.name} (a coordinate is too large): {values}"
         )
-    if problem == _boxes.BoxProblem.BOX_INDEX_OUT_OF_RANGE:
+    if problem == _boxes.INDEX_OUT_OF_RANGE:
         raise ValueError(
             f"{name} row {row}: batch index {values[0]:g} is outside [0, {n_images}) "
             f"for input with {n_images} image(s)"
         )
-    if problem == _boxes.BoxProblem.BOX_INDEX_NOT_INTEGER:
+    if problem == _boxes.INDEX_NOT_INTEGER:
         raise ValueError(f"{name} row {row}: batch index {values[0]:g} is not an integer: {values}")
     raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {values}")
 
