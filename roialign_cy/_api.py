@@ -279,10 +279,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
     if call.result.size:
         with call.team as n_threads:
-            done = _pool_kernels.roi_pool_forward(
-                call.features, call.channels_last, call.batch_index, call.coords, call.scale,
-                *call.pooled, call.result, n_threads,
-            )
+            done = _pool_forward_kernel(call, layout, n_threads)
         if not done:
             raise MemoryError("roi_pool: could not allocate the per-thread bin tables")
     return v.deliver(call.result, call.out, call.result_dtype)
@@ -329,13 +326,41 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
                           input, True, out, num_threads)
     if call.grad.size:
-        shape = call.kernel_result.shape
         with call.team as n_threads:
-            done = _pool_kernels.roi_pool_backward(
-                call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
-                call.scale, *call.pooled, call.features, call.kernel_result,
-                v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
-            )
+            done = _pool_backward_kernel(call, layout, n_threads)
         if not done:
             raise MemoryError("roi_pool_backward: could not allocate the per-thread bin tables")
     return v.deliver(call.result, call.out, call.result_dtype)
+
+
+def _pool_forward_kernel(call, layout, n_threads):
+    """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many."""
+    shape = call.features.shape
+    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+        return _pool_kernels.roi_pool_forward(
+            call.features, call.channels_last, call.batch_index, call.coords, call.scale,
+            *call.pooled, call.result, n_threads,
+        )
+    roi_order, image_first = v.rois_by_image(call.batch_index, shape[0])
+    return _pool_kernels.roi_pool_forward_blocked(
+        call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
+        *call.pooled, call.result,
+        v.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
+    )
+
+
+def _pool_backward_kernel(call, layout, n_threads):
+    """Run the RoIPool backward kernel that suits the call: channel blocks when RoIs are many."""
+    shape = call.kernel_result.shape
+    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+        return _pool_kernels.roi_pool_backward(
+            call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+            call.scale, *call.pooled, call.features, call.kernel_result,
+            v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
+        )
+    return _pool_kernels.roi_pool_backward_blocked(
+        call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
+        call.scale, *call.pooled, call.features, call.kernel_result,
+        v.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads, n_buffers=2),
+        n_threads,
+    )

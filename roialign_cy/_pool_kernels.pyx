@@ -8,7 +8,10 @@ from libc.float cimport FLT_MAX
 from libc.math cimport ceil, floor, fmax, fmin, round
 from libc.stdlib cimport free, malloc
 
+from libc.string cimport memset
+
 from roialign_cy._bilinear cimport floating
+from roialign_cy._blocks cimport pack_block, pack_roi, unpack_block, unpack_roi
 from roialign_cy._geometry cimport Geometry, make_geometry
 
 
@@ -78,26 +81,62 @@ cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
 
 
 cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
-                                        const Geometry* g, const PoolBins* bins) noexcept nogil:
-    """Max over every bin for all channels at once (contiguous channels vectorize)."""
+                                        const Geometry* g, const PoolBins* bins,
+                                        Py_ssize_t channels) noexcept nogil:
+    """Max over every bin for `channels` contiguous channels per pixel (they vectorize).
+
+    `image` is channels-last with pixel stride `channels`: the features themselves, or a
+    packed channel block.
+    """
     cdef Py_ssize_t ph, pw, y, x, c
     cdef floating* row
     cdef const floating* pixel
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
-            row = out_roi + (ph * g.pooled_w + pw) * g.channels
+            row = out_roi + (ph * g.pooled_w + pw) * channels
             if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
-                for c in range(g.channels):
+                for c in range(channels):
                     row[c] = 0
                 continue
-            for c in range(g.channels):
+            for c in range(channels):
                 row[c] = -FLT_MAX
             for y in range(bins.y_start[ph], bins.y_end[ph]):
                 for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    pixel = image + y * g.row_stride + x * g.col_stride
-                    for c in range(g.channels):
+                    pixel = image + (y * g.width + x) * channels
+                    for c in range(channels):
                         if pixel[c] > row[c]:
                             row[c] = pixel[c]
+
+
+cdef inline void unpool_max_channels_last(floating* grad_image, const floating* grad_roi,
+                                          const floating* image, const Geometry* g,
+                                          const PoolBins* bins, Py_ssize_t channels,
+                                          floating* best, Py_ssize_t* best_at) noexcept nogil:
+    """Backward of max_pool_channels_last: each bin's gradient, per channel, to its arg-max.
+
+    best and best_at are `channels`-long scratch rows.
+    """
+    cdef Py_ssize_t ph, pw, y, x, c, at, bin_index
+    cdef const floating* pixel
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                continue  # an empty bin sends no gradient
+            for c in range(channels):
+                best[c] = -FLT_MAX
+                best_at[c] = -1
+            for y in range(bins.y_start[ph], bins.y_end[ph]):
+                for x in range(bins.x_start[pw], bins.x_end[pw]):
+                    at = (y * g.width + x) * channels
+                    pixel = image + at
+                    for c in range(channels):
+                        if pixel[c] > best[c]:
+                            best[c] = pixel[c]
+                            best_at[c] = at
+            bin_index = ph * g.pooled_w + pw
+            for c in range(channels):
+                if best_at[c] >= 0:
+                    grad_image[best_at[c] + c] += grad_roi[bin_index * channels + c]
 
 
 cdef inline void max_pool_plane(const floating* plane, floating* out_plane, const Geometry* g,
@@ -150,7 +189,7 @@ def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
             image = &features[0, 0, 0, 0] + batch_index[k] * g.image_stride
             out_roi = &out[0, 0, 0, 0] + k * g.out_roi_stride
             if channels_last:
-                max_pool_channels_last(image, out_roi, &g, bins)
+                max_pool_channels_last(image, out_roi, &g, bins, g.channels)
                 continue
             for c in range(g.channels):
                 max_pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
@@ -202,4 +241,118 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
                                      grad_roi + c * g.out_channel_stride,
                                      image + b * g.image_stride + c * g.channel_stride, &g, bins)
         free(bins)
+    return not failed
+
+
+def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channels_last,
+                             const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
+                             const Py_ssize_t[::1] image_first, double spatial_scale,
+                             Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                             floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads):
+    """RoIPool forward for many RoIs per image: work items are (image, channel block).
+
+    Like roi_align_forward_blocked: pools all the image's RoIs from a packed, cache-resident
+    block of `block` channels, vectorized over them. Same numbers as roi_pool_forward.
+    """
+    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    cdef Py_ssize_t n_images = features.shape[0]
+    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
+    cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef PoolBins* bins = NULL
+    cdef floating* packed = NULL
+    cdef floating* pooled = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image = &features[0, 0, 0, 0]
+    cdef floating* out_base = &out[0, 0, 0, 0]
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        bins = bins_new(pooled_height, pooled_width)
+        packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
+        pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
+        if bins == NULL or packed == NULL or pooled == NULL:
+            failed_flag[0] = 1
+        for item in prange(n_images * n_blocks, schedule='dynamic'):
+            b = item // n_blocks
+            if failed_flag[0] or image_first[b] == image_first[b + 1]:
+                continue
+            c0 = (item % n_blocks) * block
+            n_channels = g.channels - c0 if g.channels - c0 < block else block
+            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                roi_bins(bins, &boxes[k, 0], scale, &g)
+                max_pool_channels_last(packed, pooled, &g, bins, block)
+                unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
+        free(bins)
+        free(packed)
+        free(pooled)
+    return not failed
+
+
+def roi_pool_backward_blocked(const floating[:, :, :, ::1] grad_output, bint channels_last,
+                              const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
+                              const Py_ssize_t[::1] image_first, double spatial_scale,
+                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                              const floating[:, :, :, ::1] features,
+                              floating[:, :, :, ::1] grad_input, Py_ssize_t block,
+                              int n_threads):
+    """RoIPool backward for many RoIs per image: work items are (image, channel block).
+
+    Each item packs its features block, finds every bin's arg-max from it, accumulates the
+    gradients in a packed block and writes it out once. Items own disjoint elements, RoIs go
+    in ascending order: deterministic and bit-identical to roi_pool_backward.
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    cdef Py_ssize_t n_images = grad_input.shape[0]
+    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef PoolBins* bins = NULL
+    cdef floating* packed = NULL
+    cdef floating* packed_grad = NULL
+    cdef floating* roi_grad = NULL
+    cdef floating* best = NULL
+    cdef Py_ssize_t* best_at = NULL
+    cdef int failed = 0
+    cdef int* failed_flag = &failed
+    cdef floating scale = <floating>spatial_scale
+    cdef const floating* image = &features[0, 0, 0, 0]
+    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
+    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        bins = bins_new(pooled_height, pooled_width)
+        packed = <floating*>malloc(n_pixels * block * sizeof(floating))
+        packed_grad = <floating*>malloc(n_pixels * block * sizeof(floating))
+        roi_grad = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
+        best = <floating*>malloc(block * sizeof(floating))
+        best_at = <Py_ssize_t*>malloc(block * sizeof(Py_ssize_t))
+        if (bins == NULL or packed == NULL or packed_grad == NULL or roi_grad == NULL
+                or best == NULL or best_at == NULL):
+            failed_flag[0] = 1
+        for item in prange(n_images * n_blocks, schedule='dynamic'):
+            b = item // n_blocks
+            if failed_flag[0] or image_first[b] == image_first[b + 1]:
+                continue  # an image without RoIs keeps its zero gradient
+            c0 = (item % n_blocks) * block
+            n_channels = g.channels - c0 if g.channels - c0 < block else block
+            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
+            memset(packed_grad, 0, n_pixels * block * sizeof(floating))
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                roi_bins(bins, &boxes[k, 0], scale, &g)
+                pack_roi(grad_out + k * g.out_roi_stride, roi_grad, &g, c0, n_channels, block)
+                unpool_max_channels_last(packed_grad, roi_grad, packed, &g, bins, block, best,
+                                         best_at)
+            unpack_block(packed_grad, grad_base + b * g.image_stride, &g, c0, n_channels, block)
+        free(bins)
+        free(packed)
+        free(packed_grad)
+        free(roi_grad)
+        free(best)
+        free(best_at)
     return not failed

@@ -342,14 +342,18 @@ def channel_blocks(n_threads, n_images, channels):
     return max(1, min(channels, -(-4 * n_threads // n_images)))
 
 
-def packed_block_size(features_shape, layout, itemsize, n_threads):
+def packed_block_size(features_shape, layout, itemsize, n_threads, n_buffers=1):
     """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
-    few enough that every thread gets several (image, block) work items."""
+    few enough that every thread gets several (image, block) work items.
+
+    n_buffers: packed blocks a thread holds at once (they share the budget).
+    """
     n_images, channels = features_shape[0], channels_of(features_shape, layout)
     height, width = map_size(features_shape, layout)
     quantum = BLOCK_QUANTUM
     all_channels = -(-channels // quantum) * quantum
-    block = min(all_channels, max(quantum, BLOCK_BYTES // (height * width * itemsize) // quantum * quantum))
+    fitting = BLOCK_BYTES // n_buffers // (height * width * itemsize) // quantum * quantum
+    block = min(all_channels, max(quantum, fitting))
     while block > quantum and n_images * -(-channels // block) < 4 * n_threads:
         block -= quantum
     return block
