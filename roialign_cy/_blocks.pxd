@@ -49,12 +49,17 @@ cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t
 cdef inline void unpack_roi(const floating* pooled, floating* out_roi, const Geometry* g,
                             Py_ssize_t c0, Py_ssize_t n_channels,
                             Py_ssize_t block) noexcept nogil:
-    """Write one RoI's pooled block (n_bins, block) to its channels [c0, c0 + n_channels)."""
+    """Write one RoI's pooled block (n_bins, block) to its channels [c0, c0 + n_channels).
+
+    Channel-outer, so the writes are contiguous in the channels-first output.
+    """
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    for b in range(n_bins):
-        for c in range(n_channels):
-            out_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled[b * block + c]
+    cdef floating* out_channel
+    for c in range(n_channels):
+        out_channel = out_roi + (c0 + c) * g.out_channel_stride
+        for b in range(n_bins):
+            out_channel[b * g.out_bin_stride] = pooled[b * block + c]
 
 
 cdef inline void unpack_block(const floating* packed, floating* image, const Geometry* g,
@@ -86,12 +91,18 @@ cdef inline void unpack_block(const floating* packed, floating* image, const Geo
 cdef inline void pack_roi(const floating* values_roi, floating* packed_roi, const Geometry* g,
                           Py_ssize_t c0, Py_ssize_t n_channels,
                           Py_ssize_t block) noexcept nogil:
-    """Read one RoI's channels [c0, c0 + n_channels) into (n_bins, block), zero-padded."""
+    """Read one RoI's channels [c0, c0 + n_channels) into (n_bins, block), zero-padded.
+
+    Channel-outer, so the reads are contiguous in the channels-first gradient.
+    """
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    for b in range(n_bins):
-        for c in range(n_channels):
-            packed_roi[b * block + c] = values_roi[(c0 + c) * g.out_channel_stride
-                                                   + b * g.out_bin_stride]
-        for c in range(n_channels, block):
-            packed_roi[b * block + c] = 0
+    cdef const floating* channel
+    for c in range(block):
+        if c < n_channels:
+            channel = values_roi + (c0 + c) * g.out_channel_stride
+            for b in range(n_bins):
+                packed_roi[b * block + c] = channel[b * g.out_bin_stride]
+        else:
+            for b in range(n_bins):
+                packed_roi[b * block + c] = 0
