@@ -5,6 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from roialign_cy import _kernels, _pool_kernels
+from roialign_cy import _strategy as strategy
+from roialign_cy import _threads as threads
 from roialign_cy import _validate as v
 
 
@@ -30,7 +32,7 @@ def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_thr
         features=features, channels_last=layout == "NHWC", batch_index=batch_index,
         coords=coords, scale=scale, pooled=pooled, out=out, result=result,
         result_dtype=result_dtype,
-        team=v.ThreadTeam(v.check_num_threads(num_threads, result.size), num_threads is None),
+        team=threads.ThreadTeam(threads.team_size(num_threads, result.size), num_threads is None),
     )
 
 
@@ -118,16 +120,16 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
 def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
     """Run the forward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.features.shape
-    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
         return _kernels.roi_align_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, sampling_ratio, aligned, max_mode, call.result, n_threads,
         )
-    roi_order, image_first = v.rois_by_image(call.batch_index, shape[0])
+    roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
     return _kernels.roi_align_forward_blocked(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, sampling_ratio, aligned, max_mode, call.result,
-        v.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
+        strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
     )
 
 
@@ -149,8 +151,8 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
     user_shape = shape[1:] if was_3d else shape
     out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
     result = v.kernel_out(out, user_shape, dtype, zeroed=True)
-    team = v.ThreadTeam(v.check_num_threads(num_threads, grad.size), num_threads is None)
-    roi_order, image_first = v.rois_by_image(batch_index, n_images)
+    team = threads.ThreadTeam(threads.team_size(num_threads, grad.size), num_threads is None)
+    roi_order, image_first = strategy.rois_by_image(batch_index, n_images)
     return SimpleNamespace(
         grad=grad, channels_last=layout == "NHWC", coords=coords, roi_order=roi_order,
         image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,
@@ -227,17 +229,17 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
 def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
     """Run the backward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.kernel_result.shape
-    if not max_mode and v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not max_mode and strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
         return _kernels.roi_align_backward_blocked(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, sampling_ratio, aligned, call.kernel_result,
-            v.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads),
+            strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads),
             n_threads,
         )
     return _kernels.roi_align_backward(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, sampling_ratio, aligned, max_mode, call.features,
-        call.kernel_result, v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)),
+        call.kernel_result, strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)),
         n_threads,
     )
 
@@ -336,31 +338,31 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
 def _pool_forward_kernel(call, layout, n_threads):
     """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.features.shape
-    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
         return _pool_kernels.roi_pool_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, call.result, n_threads,
         )
-    roi_order, image_first = v.rois_by_image(call.batch_index, shape[0])
+    roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
     return _pool_kernels.roi_pool_forward_blocked(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, call.result,
-        v.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
+        strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
     )
 
 
 def _pool_backward_kernel(call, layout, n_threads):
     """Run the RoIPool backward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.kernel_result.shape
-    if not v.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
         return _pool_kernels.roi_pool_backward(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, call.features, call.kernel_result,
-            v.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
+            strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
         )
     return _pool_kernels.roi_pool_backward_blocked(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, call.features, call.kernel_result,
-        v.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads, n_buffers=2),
+        strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads, n_buffers=2),
         n_threads,
     )

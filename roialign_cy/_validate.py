@@ -9,26 +9,17 @@ float32 or float64, boxes in the features' dtype, batch indices inside [0, N).
 import math
 import numbers
 import operator
-import os
 import sys
-import threading
 
 import numpy as np
 
-from roialign_cy import _boxes, _kernels
+from roialign_cy import _boxes
 
 LAYOUTS = ("NCHW", "NHWC")
 MODES = ("avg", "max")
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
-# Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
-# team costs more than it saves.
-_SERIAL_WORK = 1 << 14
-# Channel blocks (_blocks.pxd) hold a multiple of BLOCK_QUANTUM channels (one 64-byte line
-# of float32) and, when the map allows, about BLOCK_BYTES: a core's share of the caches.
-BLOCK_QUANTUM = 16
-BLOCK_BYTES = 2 << 20
 
 
 def check_layout(layout):
@@ -180,76 +171,6 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     return _split_rows(rows, n_images, dtype, name)
 
 
-class _ThreadState:
-    """Whether this process started an OpenMP team, and whether it is a fork of one that did.
-
-    GNU libgomp's thread pool does not survive fork(): a child that starts a team after its
-    parent did hangs. Such children run every call on one thread instead.
-    """
-
-    team_started = False
-    forked_after_team = False
-
-
-def _after_fork_in_child():
-    """os.register_at_fork hook: a child of a process with a live team must stay serial."""
-    _ThreadState.forked_after_team = _ThreadState.team_started
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class ThreadTeam:
-    """Context manager giving one kernel call its OpenMP team size.
-
-    Calls with num_threads=None that run at the same time from several Python threads share
-    OpenMP's default size between them instead of each starting a full team (which would
-    oversubscribe the cores: 8 pool threads x 16 OpenMP threads on 16 cores). An explicit
-    num_threads is used as given. Results do not depend on the team size.
-    """
-
-    _lock = threading.Lock()
-    _active = 0  # default-sized multi-threaded calls running right now
-
-    __slots__ = ("n_threads", "shared")
-
-    def __init__(self, n_threads, shared):
-        self.n_threads = n_threads
-        self.shared = shared and n_threads > 1
-
-    def __enter__(self):
-        if not self.shared:
-            return self.n_threads
-        with ThreadTeam._lock:
-            ThreadTeam._active += 1
-            active = ThreadTeam._active
-        return max(1, self.n_threads // active)
-
-    def __exit__(self, *exc_info):
-        if self.shared:
-            with ThreadTeam._lock:
-                ThreadTeam._active -= 1
-
-
-def check_num_threads(num_threads, work):
-    """The thread count for a call of `work` output elements: None means OpenMP's default.
-
-    Capped by the work (tiny calls run on one thread) and 1 in a serial build or in a
-    process forked after this one started a thread team.
-    """
-    if num_threads is None:
-        requested = _kernels.openmp_max_threads()
-    else:
-        requested = check_int(num_threads, "num_threads", minimum=1)
-    if work < _SERIAL_WORK or not _kernels.OPENMP_ENABLED or _ThreadState.forked_after_team:
-        return 1
-    n_threads = max(1, min(requested, work // _SERIAL_WORK))
-    if n_threads > 1:
-        _ThreadState.team_started = True
-    return n_threads
-
-
 def check_out(out, shape, dtype, inputs):
     """Validate a user-supplied output array; None passes through."""
     if out is None:
@@ -328,37 +249,6 @@ def check_matching_input(input, shape, dtype, name="input"):
     return np.ascontiguousarray(features.reshape(shape), dtype=dtype)
 
 
-def rois_by_image(batch_index, n_images):
-    """(roi_order, image_first): RoIs grouped by image (stable), and where each image starts."""
-    roi_order = np.argsort(batch_index, kind="stable").astype(np.intp)
-    image_first = np.searchsorted(batch_index[roi_order], np.arange(n_images + 1))
-    return roi_order, image_first.astype(np.intp)
-
-
-def channel_blocks(n_threads, n_images, channels):
-    """Channel blocks per image for the backward: enough work items to keep threads busy."""
-    if n_threads == 1 or channels == 0:
-        return 1
-    return max(1, min(channels, -(-4 * n_threads // n_images)))
-
-
-def packed_block_size(features_shape, layout, itemsize, n_threads, n_buffers=1):
-    """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
-    few enough that every thread gets several (image, block) work items.
-
-    n_buffers: packed blocks a thread holds at once (they share the budget).
-    """
-    n_images, channels = features_shape[0], channels_of(features_shape, layout)
-    height, width = map_size(features_shape, layout)
-    quantum = BLOCK_QUANTUM
-    all_channels = -(-channels // quantum) * quantum
-    fitting = BLOCK_BYTES // n_buffers // (height * width * itemsize) // quantum * quantum
-    block = min(all_channels, max(quantum, fitting))
-    while block > quantum and n_images * -(-channels // block) < 4 * n_threads:
-        block -= quantum
-    return block
-
-
 def channels_of(shape, layout):
     """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
     return shape[3] if layout == "NHWC" else shape[1]
@@ -367,17 +257,3 @@ def channels_of(shape, layout):
 def map_size(shape, layout):
     """(H, W) of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
     return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
-
-
-def use_channel_blocks(features_shape, n_rois, pooled, layout):
-    """Whether a channels-first call should pack channel blocks or walk each RoI's planes.
-
-    Channels-last features are read in place: their channels are already contiguous, and
-    packing them measured slower. Channels-first features pay one packing pass over every
-    image; walking a RoI's channel planes misses the cache on every plane instead. Packing
-    measured faster from about one RoI per 32 map pixels per bin (box_head: K >= ~80).
-    """
-    if layout == "NHWC" or n_rois < 4 * features_shape[0]:
-        return False
-    n_images, height, width = features_shape[0], *map_size(features_shape, layout)
-    return n_rois * pooled[0] * pooled[1] * 32 >= n_images * height * width

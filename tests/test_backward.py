@@ -9,7 +9,7 @@ import pytest
 from golden import case_names, load_case
 from roi_inputs import random_boxes, to_layout, to_nchw
 
-from roialign_cy import _validate, roi_align, roi_align_backward
+from roialign_cy import _strategy, roi_align, roi_align_backward
 
 LAYOUTS = ["NCHW", "NHWC"]
 # (spatial_scale, output_size, sampling_ratio, aligned)
@@ -368,7 +368,7 @@ def test_threads_bit_identical(big_workload, mode, layout, monkeypatch):
     """roi_align and roi_align_backward give the same bits on 1 thread and on many.
 
     The forward's two kernels (per RoI; channel blocks, picked by the private heuristic
-    _validate.use_channel_blocks) are each forced in turn.
+    _strategy.use_channel_blocks) are each forced in turn.
     """
     features_nchw, boxes = big_workload
     features = to_layout(features_nchw, layout)
@@ -378,12 +378,11 @@ def test_threads_bit_identical(big_workload, mode, layout, monkeypatch):
     serial = roi_align(features, boxes, num_threads=1, **kwargs)
     for n_threads in (None, many):
         assert np.array_equal(roi_align(features, boxes, num_threads=n_threads, **kwargs), serial)
-    if hasattr(_validate, "use_channel_blocks"):  # both forward kernels, per RoI and blocked
-        for blocked in (False, True):
-            monkeypatch.setattr(_validate, "use_channel_blocks", lambda *args, b=blocked: b)
-            for n_threads in (1, many):
-                assert np.array_equal(
-                    roi_align(features, boxes, num_threads=n_threads, **kwargs), serial)
+    for blocked in (False, True):  # both forward kernels, per RoI and blocked
+        monkeypatch.setattr(_strategy, "use_channel_blocks", lambda *args, b=blocked: b)
+        for n_threads in (1, many):
+            assert np.array_equal(
+                roi_align(features, boxes, num_threads=n_threads, **kwargs), serial)
     grad_output = np.random.default_rng(1).standard_normal(serial.shape).astype(np.float32)
     serial_grad = roi_align_backward(grad_output, boxes, features.shape, input=features,
                                      num_threads=1, **kwargs)

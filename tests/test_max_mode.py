@@ -9,7 +9,7 @@ import pytest
 from reference import reference_roi_align
 from roi_inputs import align_nchw, random_boxes, to_layout, to_nchw
 
-from roialign_cy import _validate, roi_align
+from roialign_cy import _strategy, roi_align
 
 LAYOUTS = ["NCHW", "NHWC"]
 DTYPES = [np.float32, np.float64]
@@ -26,13 +26,11 @@ CONFIGS = [
 def forward_path(request, monkeypatch):
     """Force roi_align onto one forward kernel: per RoI, or channel blocks per image.
 
-    The package picks one by a size heuristic (the private _validate.use_channel_blocks);
+    The package picks one by a size heuristic (the private _strategy.use_channel_blocks);
     both must give the same numbers, so the reference tests go through each.
     """
-    if not hasattr(_validate, "use_channel_blocks"):
-        pytest.skip("this build has a single forward kernel")
     blocked = request.param == "blocked"
-    monkeypatch.setattr(_validate, "use_channel_blocks", lambda *args: blocked)
+    monkeypatch.setattr(_strategy, "use_channel_blocks", lambda *args: blocked)
     return request.param
 
 
@@ -220,14 +218,12 @@ def test_no_boxes(mode, layout):
 @pytest.mark.parametrize("channels", [3, 16, 37])
 def test_forward_kernels_bit_identical(channels, mode, layout, monkeypatch):
     """The per-RoI and the channel-block kernels give the same bits (full and partial blocks)."""
-    if not hasattr(_validate, "use_channel_blocks"):
-        pytest.skip("this build has a single forward kernel")
     rng = np.random.default_rng(channels)
     features = rng.standard_normal((3, channels, 12, 13)).astype(np.float32)
     boxes = random_boxes(rng, 2, 12, 13, 0.5, n_boxes=30)  # image 2 has no RoI
     results = {}
     for blocked in (False, True):
-        monkeypatch.setattr(_validate, "use_channel_blocks", lambda *args, b=blocked: b)
+        monkeypatch.setattr(_strategy, "use_channel_blocks", lambda *args, b=blocked: b)
         results[blocked] = align_nchw(features, boxes, (3, 4), 0.5, -1, True, layout=layout,
                                       mode=mode)
     assert np.array_equal(results[False], results[True])

@@ -1,0 +1,55 @@
+"""Which kernel variant a call runs, and how it splits its work."""
+
+import numpy as np
+
+from roialign_cy._validate import channels_of, map_size
+
+# Channel blocks (_blocks.pxd) hold a multiple of BLOCK_QUANTUM channels (one 64-byte line
+# of float32) and, when the map allows, about BLOCK_BYTES: a core's share of the caches.
+BLOCK_QUANTUM = 16
+BLOCK_BYTES = 2 << 20
+
+
+def rois_by_image(batch_index, n_images):
+    """(roi_order, image_first): RoIs grouped by image (stable), and where each image starts."""
+    roi_order = np.argsort(batch_index, kind="stable").astype(np.intp)
+    image_first = np.searchsorted(batch_index[roi_order], np.arange(n_images + 1))
+    return roi_order, image_first.astype(np.intp)
+
+
+def channel_blocks(n_threads, n_images, channels):
+    """Channel blocks per image for the backward: enough work items to keep threads busy."""
+    if n_threads == 1 or channels == 0:
+        return 1
+    return max(1, min(channels, -(-4 * n_threads // n_images)))
+
+
+def packed_block_size(features_shape, layout, itemsize, n_threads, n_buffers=1):
+    """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
+    few enough that every thread gets several (image, block) work items.
+
+    n_buffers: packed blocks a thread holds at once (they share the budget).
+    """
+    n_images, channels = features_shape[0], channels_of(features_shape, layout)
+    height, width = map_size(features_shape, layout)
+    quantum = BLOCK_QUANTUM
+    all_channels = -(-channels // quantum) * quantum
+    fitting = BLOCK_BYTES // n_buffers // (height * width * itemsize) // quantum * quantum
+    block = min(all_channels, max(quantum, fitting))
+    while block > quantum and n_images * -(-channels // block) < 4 * n_threads:
+        block -= quantum
+    return block
+
+
+def use_channel_blocks(features_shape, n_rois, pooled, layout):
+    """Whether a channels-first call should pack channel blocks or walk each RoI's planes.
+
+    Channels-last features are read in place: their channels are already contiguous, and
+    packing them measured slower. Channels-first features pay one packing pass over every
+    image; walking a RoI's channel planes misses the cache on every plane instead. Packing
+    measured faster from about one RoI per 32 map pixels per bin (box_head: K >= ~80).
+    """
+    if layout == "NHWC" or n_rois < 4 * features_shape[0]:
+        return False
+    n_images, height, width = features_shape[0], *map_size(features_shape, layout)
+    return n_rois * pooled[0] * pooled[1] * 32 >= n_images * height * width
