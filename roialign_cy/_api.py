@@ -120,7 +120,8 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
 def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
     """Run the forward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.features.shape
-    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
+                                       call.features.itemsize):
         return _kernels.roi_align_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, sampling_ratio, aligned, max_mode, call.result, n_threads,
@@ -229,7 +230,8 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
 def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_threads):
     """Run the backward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.kernel_result.shape
-    if not max_mode and strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not max_mode and strategy.use_channel_blocks(shape, len(call.coords), call.pooled,
+                                                     layout, call.kernel_result.itemsize):
         return _kernels.roi_align_backward_blocked(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, sampling_ratio, aligned, call.kernel_result,
@@ -338,7 +340,8 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
 def _pool_forward_kernel(call, layout, n_threads):
     """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.features.shape
-    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
+                                       call.features.itemsize):
         return _pool_kernels.roi_pool_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, call.result, n_threads,
@@ -354,7 +357,8 @@ def _pool_forward_kernel(call, layout, n_threads):
 def _pool_backward_kernel(call, layout, n_threads):
     """Run the RoIPool backward kernel that suits the call: channel blocks when RoIs are many."""
     shape = call.kernel_result.shape
-    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout):
+    if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
+                                       call.kernel_result.itemsize):
         return _pool_kernels.roi_pool_backward(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, call.features, call.kernel_result,

@@ -8,6 +8,9 @@ from roialign_cy._validate import channels_of, map_size
 # of float32) and, when the map allows, about BLOCK_BYTES: a core's share of the caches.
 BLOCK_QUANTUM = 16
 BLOCK_BYTES = 2 << 20
+# Beyond this a block of BLOCK_QUANTUM channels is no longer cache-resident (nor small: a
+# 46341 x 46341 map would need 137 GB per thread), so huge maps walk each RoI instead.
+MAX_PACKED_BYTES = 32 << 20
 
 
 def rois_by_image(batch_index, n_images):
@@ -41,7 +44,7 @@ def packed_block_size(features_shape, layout, itemsize, n_threads, n_buffers=1):
     return block
 
 
-def use_channel_blocks(features_shape, n_rois, pooled, layout):
+def use_channel_blocks(features_shape, n_rois, pooled, layout, itemsize):
     """Whether a channels-first call should pack channel blocks or walk each RoI's planes.
 
     Channels-last features are read in place: their channels are already contiguous, and
@@ -52,4 +55,6 @@ def use_channel_blocks(features_shape, n_rois, pooled, layout):
     if layout == "NHWC" or n_rois < 4 * features_shape[0]:
         return False
     n_images, height, width = features_shape[0], *map_size(features_shape, layout)
+    if height * width * BLOCK_QUANTUM * itemsize > MAX_PACKED_BYTES:
+        return False
     return n_rois * pooled[0] * pooled[1] * 32 >= n_images * height * width
