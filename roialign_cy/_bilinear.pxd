@@ -90,6 +90,23 @@ cdef inline void table_free(SampleTable* table) noexcept nogil:
     free(table.corner_weights)
 
 
+cdef inline SampleTable* table_new(Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
+    """One thread's empty sample table, or NULL when out of memory."""
+    cdef SampleTable* table = <SampleTable*>malloc(sizeof(SampleTable))
+    if table != NULL and not table_init(table, pooled_h, pooled_w):
+        table_free(table)
+        free(table)
+        return NULL
+    return table
+
+
+cdef inline void table_delete(SampleTable* table) noexcept nogil:
+    """Release a table from table_new (NULL is fine)."""
+    if table != NULL:
+        table_free(table)
+        free(table)
+
+
 cdef inline bint grow(void** buffer, Py_ssize_t n_items, size_t item_size) noexcept nogil:
     """realloc that keeps the old buffer on failure; False when out of memory or too big."""
     cdef void* bigger

@@ -14,6 +14,27 @@ cdef enum:
     PACK_TILE = 256   # pixels per tile while transposing planes (the tile stays in L1)
 
 
+cdef struct BlockItem:
+    # One work item of a blocked kernel: channels [first_channel, first_channel + n_channels)
+    # of image `image`, whose RoIs are roi_order[image_first[image]:image_first[image + 1]].
+    Py_ssize_t image
+    Py_ssize_t first_channel
+    Py_ssize_t n_channels
+
+
+cdef inline BlockItem block_item(Py_ssize_t item, Py_ssize_t channels,
+                                 Py_ssize_t block) noexcept nogil:
+    """Decode work item `item` of a loop over (image, channel block) pairs."""
+    cdef BlockItem it
+    cdef Py_ssize_t n_blocks = (channels + block - 1) // block
+    it.image = item // n_blocks
+    it.first_channel = (item % n_blocks) * block
+    it.n_channels = channels - it.first_channel
+    if it.n_channels > block:
+        it.n_channels = block
+    return it
+
+
 cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t c0,
                             Py_ssize_t n_channels, floating* packed,
                             Py_ssize_t block) noexcept nogil:

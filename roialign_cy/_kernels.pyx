@@ -4,8 +4,7 @@
 
 from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
-
-import numpy as np
+from libc.string cimport memset
 
 from roialign_cy._bilinear cimport (
     RoIGrid,
@@ -13,11 +12,17 @@ from roialign_cy._bilinear cimport (
     build_sample_table,
     floating,
     four_taps,
-    table_free,
-    table_init,
+    table_delete,
+    table_new,
 )
-from roialign_cy._blocks cimport pack_block, pack_roi, unpack_block, unpack_roi
-from libc.string cimport memset
+from roialign_cy._blocks cimport (
+    BlockItem,
+    block_item,
+    pack_block,
+    pack_roi,
+    unpack_block,
+    unpack_roi,
+)
 from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
 
@@ -174,8 +179,8 @@ def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef floating* pooled = &out[0, 0, 0, 0]
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = <SampleTable*>malloc(sizeof(SampleTable))
-        if table == NULL or not table_init(table, pooled_height, pooled_width):
+        table = table_new(pooled_height, pooled_width)
+        if table == NULL:
             failed_flag[0] = 1
         for k in prange(boxes.shape[0], schedule='dynamic'):
             if failed_flag[0]:
@@ -183,9 +188,7 @@ def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
             if not pool_roi(image + batch_index[k] * g.image_stride, &boxes[k, 0], scale,
                             pooled + k * g.out_roi_stride, &g, table, max_mode):
                 failed_flag[0] = 1
-        if table != NULL:
-            table_free(table)
-            free(table)
+        table_delete(table)
     return not failed
 
 
@@ -206,6 +209,7 @@ def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channe
     cdef Py_ssize_t n_images = features.shape[0]
     cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef BlockItem it
     cdef SampleTable* table = NULL
     cdef floating* packed = NULL
     cdef floating* pooled = NULL
@@ -216,19 +220,18 @@ def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channe
     cdef floating* out_base = &out[0, 0, 0, 0]
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = <SampleTable*>malloc(sizeof(SampleTable))
-        if table == NULL or not table_init(table, pooled_height, pooled_width):
+        table = table_new(pooled_height, pooled_width)
+        if table == NULL:
             failed_flag[0] = 1
         packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
         pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
         if packed == NULL or pooled == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
-            b = item // n_blocks
+            it = block_item(item, g.channels, block)
+            b, c0, n_channels = it.image, it.first_channel, it.n_channels
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue
-            c0 = (item % n_blocks) * block
-            n_channels = g.channels - c0 if g.channels - c0 < block else block
             pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
@@ -237,9 +240,7 @@ def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channe
                     failed_flag[0] = 1
                     break
                 unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
-        if table != NULL:
-            table_free(table)
-        free(table)
+        table_delete(table)
         free(packed)
         free(pooled)
     return not failed
@@ -395,8 +396,8 @@ def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_l
     cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = <SampleTable*>malloc(sizeof(SampleTable))
-        if table == NULL or not table_init(table, pooled_height, pooled_width):
+        table = table_new(pooled_height, pooled_width)
+        if table == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * channel_blocks, schedule='dynamic'):
             if failed_flag[0]:
@@ -412,9 +413,7 @@ def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_l
                                   &boxes[k, 0], scale, &g, table, max_mode, c0, c1):
                     failed_flag[0] = 1
                     break
-        if table != NULL:
-            table_free(table)
-            free(table)
+        table_delete(table)
     return not failed
 
 
@@ -438,6 +437,7 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
     cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef BlockItem it
     cdef SampleTable* table = NULL
     cdef floating* packed = NULL
     cdef floating* roi_grad = NULL
@@ -448,19 +448,18 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
     cdef floating* grad_base = &grad_input[0, 0, 0, 0]
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = <SampleTable*>malloc(sizeof(SampleTable))
-        if table == NULL or not table_init(table, pooled_height, pooled_width):
+        table = table_new(pooled_height, pooled_width)
+        if table == NULL:
             failed_flag[0] = 1
         packed = <floating*>malloc(n_pixels * block * sizeof(floating))
         roi_grad = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
         if packed == NULL or roi_grad == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
-            b = item // n_blocks
+            it = block_item(item, g.channels, block)
+            b, c0, n_channels = it.image, it.first_channel, it.n_channels
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue  # an image without RoIs keeps its zero gradient
-            c0 = (item % n_blocks) * block
-            n_channels = g.channels - c0 if g.channels - c0 < block else block
             memset(packed, 0, n_pixels * block * sizeof(floating))
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
@@ -470,9 +469,7 @@ def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint ch
                     failed_flag[0] = 1
                     break
             unpack_block(packed, grad_base + b * g.image_stride, &g, c0, n_channels, block)
-        if table != NULL:
-            table_free(table)
-        free(table)
+        table_delete(table)
         free(packed)
         free(roi_grad)
     return not failed

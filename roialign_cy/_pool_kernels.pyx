@@ -11,7 +11,14 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
 from roialign_cy._bilinear cimport floating
-from roialign_cy._blocks cimport pack_block, pack_roi, unpack_block, unpack_roi
+from roialign_cy._blocks cimport (
+    BlockItem,
+    block_item,
+    pack_block,
+    pack_roi,
+    unpack_block,
+    unpack_roi,
+)
 from roialign_cy._geometry cimport Geometry, make_geometry
 
 
@@ -259,6 +266,7 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
     cdef Py_ssize_t n_images = features.shape[0]
     cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef BlockItem it
     cdef PoolBins* bins = NULL
     cdef floating* packed = NULL
     cdef floating* pooled = NULL
@@ -275,11 +283,10 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
         if bins == NULL or packed == NULL or pooled == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
-            b = item // n_blocks
+            it = block_item(item, g.channels, block)
+            b, c0, n_channels = it.image, it.first_channel, it.n_channels
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue
-            c0 = (item % n_blocks) * block
-            n_channels = g.channels - c0 if g.channels - c0 < block else block
             pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
@@ -311,6 +318,7 @@ def roi_pool_backward_blocked(const floating[:, :, :, ::1] grad_output, bint cha
     cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t item, b, c0, n_channels, j, k
+    cdef BlockItem it
     cdef PoolBins* bins = NULL
     cdef floating* packed = NULL
     cdef floating* packed_grad = NULL
@@ -335,11 +343,10 @@ def roi_pool_backward_blocked(const floating[:, :, :, ::1] grad_output, bint cha
                 or best == NULL or best_at == NULL):
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
-            b = item // n_blocks
+            it = block_item(item, g.channels, block)
+            b, c0, n_channels = it.image, it.first_channel, it.n_channels
             if failed_flag[0] or image_first[b] == image_first[b + 1]:
                 continue  # an image without RoIs keeps its zero gradient
-            c0 = (item % n_blocks) * block
-            n_channels = g.channels - c0 if g.channels - c0 < block else block
             pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
             memset(packed_grad, 0, n_pixels * block * sizeof(floating))
             for j in range(image_first[b], image_first[b + 1]):
