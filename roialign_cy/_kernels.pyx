@@ -111,8 +111,7 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
             else:
                 for c in range(channels):
                     value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-                    if beats(value, row[c]):
-                        row[c] = value
+                    row[c] = value if beats(value, row[c]) else row[c]
         if not max_mode:
             for c in range(channels):
                 row[c] = row[c] / count

@@ -110,40 +110,44 @@ cdef inline void max_pool_channels_last(const floating* image, floating* out_roi
             for y in range(bins.y_start[ph], bins.y_end[ph]):
                 for x in range(bins.x_start[pw], bins.x_end[pw]):
                     pixel = image + (y * g.width + x) * channels
-                    for c in range(channels):
-                        if pixel[c] > row[c]:
-                            row[c] = pixel[c]
+                    for c in range(channels):  # a select, not a branch: it vectorizes
+                        row[c] = pixel[c] if pixel[c] > row[c] else row[c]
 
 
 cdef inline void unpool_max_channels_last(floating* grad_image, const floating* grad_roi,
                                           const floating* image, const Geometry* g,
-                                          const PoolBins* bins, Py_ssize_t channels,
-                                          floating* best, Py_ssize_t* best_at) noexcept nogil:
-    """Backward of max_pool_channels_last: each bin's gradient, per channel, to its arg-max.
+                                          const PoolBins* bins, Py_ssize_t pixel_stride,
+                                          Py_ssize_t c0, Py_ssize_t c1, floating* best,
+                                          Py_ssize_t* best_at) noexcept nogil:
+    """Backward of max_pool_channels_last for channels [c0, c1): each bin's gradient, per
+    channel, to its arg-max, found for all those channels in one pass over the bin.
 
-    best and best_at are `channels`-long scratch rows.
+    `image` and `grad_image` are channels-last with `pixel_stride` values per pixel (the
+    features, or packed blocks), `grad_roi` is (n_bins, pixel_stride); best and best_at are
+    scratch rows of c1 - c0 entries.
     """
-    cdef Py_ssize_t ph, pw, y, x, c, at, bin_index
+    cdef Py_ssize_t ph, pw, y, x, c, at
+    cdef Py_ssize_t n = c1 - c0
     cdef const floating* pixel
+    cdef const floating* grad_row
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
                 continue  # an empty bin sends no gradient
-            for c in range(channels):
+            for c in range(n):
                 best[c] = -FLT_MAX
                 best_at[c] = -1
             for y in range(bins.y_start[ph], bins.y_end[ph]):
                 for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    at = (y * g.width + x) * channels
+                    at = (y * g.width + x) * pixel_stride + c0
                     pixel = image + at
-                    for c in range(channels):
-                        if pixel[c] > best[c]:
-                            best[c] = pixel[c]
-                            best_at[c] = at
-            bin_index = ph * g.pooled_w + pw
-            for c in range(channels):
+                    for c in range(n):  # selects, not branches: they vectorize
+                        best_at[c] = at if pixel[c] > best[c] else best_at[c]
+                        best[c] = pixel[c] if pixel[c] > best[c] else best[c]
+            grad_row = grad_roi + (ph * g.pooled_w + pw) * pixel_stride + c0
+            for c in range(n):
                 if best_at[c] >= 0:
-                    grad_image[best_at[c] + c] += grad_roi[bin_index * channels + c]
+                    grad_image[best_at[c] + c] += grad_row[c]
 
 
 cdef inline void max_pool_plane(const floating* plane, floating* out_plane, const Geometry* g,
@@ -221,6 +225,8 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
     cdef Py_ssize_t n_images = grad_input.shape[0]
     cdef Py_ssize_t item, b, block, j, k, c, c0, c1
     cdef PoolBins* bins = NULL
+    cdef floating* best = NULL
+    cdef Py_ssize_t* best_at = NULL
     cdef int failed = 0
     cdef int* failed_flag = &failed
     cdef floating scale = <floating>spatial_scale
@@ -230,7 +236,9 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         bins = bins_new(pooled_height, pooled_width)
-        if bins == NULL:
+        best = <floating*>malloc(g.channels * sizeof(floating))
+        best_at = <Py_ssize_t*>malloc(g.channels * sizeof(Py_ssize_t))
+        if bins == NULL or best == NULL or best_at == NULL:
             failed_flag[0] = 1
         for item in prange(n_images * channel_blocks, schedule='dynamic'):
             if failed_flag[0]:
@@ -243,11 +251,18 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
                 k = roi_order[j]
                 roi_bins(bins, &boxes[k, 0], scale, &g)
                 grad_roi = &grad_output[0, 0, 0, 0] + k * g.out_roi_stride
+                if channels_last:  # all channels of the block in one pass per bin
+                    unpool_max_channels_last(grad_base + b * g.image_stride, grad_roi,
+                                             image + b * g.image_stride, &g, bins, g.channels,
+                                             c0, c1, best, best_at)
+                    continue
                 for c in range(c0, c1):
                     unpool_max_plane(grad_base + b * g.image_stride + c * g.channel_stride,
                                      grad_roi + c * g.out_channel_stride,
                                      image + b * g.image_stride + c * g.channel_stride, &g, bins)
         free(bins)
+        free(best)
+        free(best_at)
     return not failed
 
 
@@ -353,8 +368,8 @@ def roi_pool_backward_blocked(const floating[:, :, :, ::1] grad_output, bint cha
                 k = roi_order[j]
                 roi_bins(bins, &boxes[k, 0], scale, &g)
                 pack_roi(grad_out + k * g.out_roi_stride, roi_grad, &g, c0, n_channels, block)
-                unpool_max_channels_last(packed_grad, roi_grad, packed, &g, bins, block, best,
-                                         best_at)
+                unpool_max_channels_last(packed_grad, roi_grad, packed, &g, bins, block, 0,
+                                         block, best, best_at)
             unpack_block(packed_grad, grad_base + b * g.image_stride, &g, c0, n_channels, block)
         free(bins)
         free(packed)
