@@ -233,7 +233,7 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
 
     False when out of memory.
     """
-    cdef Py_ssize_t p, kept = 0
+    cdef Py_ssize_t p, repeat, kept = 0
     cdef double i, end, run_end
     cdef floating y
     cdef bint rising = bin_size >= 0
@@ -271,12 +271,12 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
                 if not push_sample(samples, capacity, kept, y, size, stride, run_end - i):
                     return False
                 kept += 1
-                i = run_end
-            while i < run_end:
-                if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
-                    return False
-                kept += 1
-                i += 1.0
+            else:  # counted, not stepped: past 2**53, i + 1 == i
+                for repeat in range(<Py_ssize_t>(run_end - i)):
+                    if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
+                        return False
+                    kept += 1
+            i = run_end
     bin_first[n_bins] = kept
     return True
 
@@ -287,11 +287,12 @@ cdef inline bint build_sample_table(SampleTable* table, const floating* box,
                                     Py_ssize_t sampling_ratio,
                                     Py_ssize_t height, Py_ssize_t width,
                                     Py_ssize_t row_stride, Py_ssize_t col_stride,
-                                    RoIGrid* grid) noexcept nogil:
+                                    bint for_max, RoIGrid* grid) noexcept nogil:
     """Build the 4 tap offsets and 4 weights of every inside sample of every bin of one RoI.
 
     Samples are stored bin by bin (row-major), and within a bin in torchvision's order
-    (iy outer, ix inner). False when out of memory.
+    (iy outer, ix inner). A sample standing for several equal coordinates has its weights
+    multiplied by that count for a sum, not for a max (for_max). False when out of memory.
     """
     cdef Py_ssize_t ph, pw, iy, ix, s, n_samples
     cdef Py_ssize_t* offsets
@@ -333,7 +334,7 @@ cdef inline bint build_sample_table(SampleTable* table, const floating* box,
                     weights[4 * s + 1] = hy * lx
                     weights[4 * s + 2] = ly * hx
                     weights[4 * s + 3] = ly * lx
-                    if ys.repeats != 1 or xs.repeats != 1:
+                    if not for_max and (ys.repeats != 1 or xs.repeats != 1):
                         repeats = <floating>(ys.repeats * xs.repeats)
                         weights[4 * s + 0] *= repeats
                         weights[4 * s + 1] *= repeats

@@ -129,7 +129,7 @@ cdef inline bint pool_roi(const floating* image, const floating* box, floating s
     cdef Py_ssize_t c
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.row_stride,
-                              g.col_stride, &grid):
+                              g.col_stride, max_mode, &grid):
         return False
     if g.channels_last:
         pool_channels_last(image, out_roi, g.channels, table, <floating>grid.count, max_mode,
@@ -150,7 +150,7 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
     cdef RoIGrid grid
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.width * block, block,
-                              &grid):
+                              max_mode, &grid):
         return False
     pool_channels_last(packed, pooled, block, table, <floating>grid.count, max_mode,
                        grid.grid_h * grid.grid_w)
@@ -337,7 +337,7 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
     cdef Py_ssize_t c
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.row_stride,
-                              g.col_stride, &grid):
+                              g.col_stride, max_mode, &grid):
         return False
     if g.channels_last and not max_mode:
         unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table,
@@ -359,7 +359,7 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
     cdef RoIGrid grid
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.width * block, block,
-                              &grid):
+                              False, &grid):
         return False
     pack_roi(grad_roi, roi_grad, g, c0, n_channels, block)
     unpool_channels_last(packed, roi_grad, block, 0, block, table, <floating>grid.count)
