@@ -1,0 +1,178 @@
+"""Thread safety: concurrent calls from Python threads give exactly the serial results.
+
+The kernels release the GIL and run their own OpenMP team, so 8 Python threads calling at
+once means up to 8 OpenMP teams in flight. Each call must still write only its own output:
+results are compared bit for bit (np.array_equal) with the same calls made one at a time.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from roialign_cy import RoIAlign, roi_align, roi_align_backward, roi_pool, roi_pool_backward
+
+TIMEOUT = 120  # seconds; a deadlock fails the test instead of hanging CI
+
+
+def make_job(seed):
+    """One call of one entry point on its own random inputs: (function, args, kwargs)."""
+    rng = np.random.default_rng(seed)
+    kind = seed % 5
+    layout = "NHWC" if seed % 2 else "NCHW"
+    dtype = [np.float32, np.float64, np.float16][seed % 3]
+    n, c, h, w = 2, int(rng.integers(1, 40)), int(rng.integers(4, 40)), int(rng.integers(4, 40))
+    k = int(rng.integers(1, 60))
+    xy = rng.uniform(-4, max(h, w), (k, 2))
+    boxes = np.column_stack([rng.integers(0, n, k), xy, xy + rng.uniform(-2, 20, (k, 2))])
+    output_size = (int(rng.integers(1, 8)), int(rng.integers(1, 8)))
+    shape = (n, c, h, w) if layout == "NCHW" else (n, h, w, c)
+    features = rng.standard_normal(shape).astype(dtype)
+    pooled = (k, c) + output_size if layout == "NCHW" else (k,) + output_size + (c,)
+    grad = rng.standard_normal(pooled).astype(dtype)
+    num_threads = [None, 1, 2, 3][seed % 4]
+    common = dict(layout=layout, num_threads=num_threads)
+    mode = "max" if seed % 3 == 0 else "avg"
+    if kind == 0:
+        return roi_align, (features, boxes, output_size, 0.5, -1, True), dict(mode=mode, **common)
+    if kind == 1:
+        return (roi_align_backward, (grad, boxes, shape, output_size, 0.5, 2, False),
+                dict(mode=mode, input=features, **common))
+    if kind == 2:
+        return roi_pool, (features, boxes, output_size, 0.5), common
+    if kind == 3:
+        return roi_pool_backward, (grad, boxes, features, output_size, 0.5), common
+    layer = RoIAlign(output_size, 0.5, sampling_ratio=0, mode=mode, layout=layout)
+    return layer, (features, boxes), dict(num_threads=num_threads)
+
+
+def run(job):
+    function, args, kwargs = job
+    return function(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def jobs_and_serial_results():
+    jobs = [make_job(seed) for seed in range(80)]
+    return jobs, [run(job) for job in jobs]
+
+
+@pytest.mark.parametrize("rounds", [3])
+def test_threads_give_serial_results(jobs_and_serial_results, rounds):
+    """8 threads, 80 different calls of every entry point, several rounds: identical bits."""
+    jobs, serial = jobs_and_serial_results
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(rounds):
+            futures = [pool.submit(run, job) for job in jobs]
+            for future, expected in zip(futures, serial):
+                result = future.result(timeout=TIMEOUT)
+                assert result.dtype == expected.dtype
+                np.testing.assert_array_equal(result, expected)
+
+
+def test_threads_sharing_inputs_and_writing_own_out():
+    """Threads reading the same features/boxes, each writing its own `out`, in parallel."""
+    rng = np.random.default_rng(7)
+    features = rng.standard_normal((2, 32, 48, 48)).astype(np.float32)
+    features.flags.writeable = False
+    xy = rng.uniform(0, 40, (300, 2))
+    boxes = np.column_stack([rng.integers(0, 2, 300), xy, xy + rng.uniform(1, 20, (300, 2))])
+    expected = roi_align(features, boxes, 7, 0.5, 2, True)
+    outs = [np.empty_like(expected) for _ in range(16)]
+
+    def call(i):
+        return roi_align(features, boxes, 7, 0.5, 2, True, out=outs[i], num_threads=1 + i % 3)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        returned = list(pool.map(call, range(16), timeout=TIMEOUT))
+    for out, result in zip(outs, returned):
+        assert result is out
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_nested_thread_pool_with_num_threads_does_not_deadlock():
+    """Thread pools inside thread pools, every call asking OpenMP for several threads."""
+    rng = np.random.default_rng(11)
+    features = rng.standard_normal((1, 64, 64, 64)).astype(np.float32)
+    xy = rng.uniform(0, 50, (200, 2))
+    boxes = np.column_stack([np.zeros(200), xy, xy + 12])
+    expected = roi_align(features, boxes, 5, num_threads=1)
+    grad = np.ones_like(expected)
+    expected_grad = roi_align_backward(grad, boxes, features.shape, 5, num_threads=1)
+
+    def inner(num_threads):
+        a = roi_align(features, boxes, 5, num_threads=num_threads)
+        g = roi_align_backward(grad, boxes, features.shape, 5, num_threads=num_threads)
+        return np.array_equal(a, expected) and np.array_equal(g, expected_grad)
+
+    def outer(i):
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return all(pool.map(inner, [2, 4, 8, None] * 2, timeout=TIMEOUT))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert all(pool.map(outer, range(4), timeout=TIMEOUT))
+
+
+def test_parallel_results_do_not_depend_on_thread_count():
+    """Forward and both backwards: bit-identical for 1, 2 and 7 threads (no atomics/races)."""
+    rng = np.random.default_rng(5)
+    features = rng.standard_normal((3, 48, 40, 40))
+    xy = rng.uniform(-5, 35, (400, 2))
+    boxes = np.column_stack([rng.integers(0, 3, 400), xy, xy + rng.uniform(0, 25, (400, 2))])
+    grad = rng.standard_normal((400, 48, 4, 4))
+    results = []
+    for num_threads in (1, 2, 7):
+        results.append((
+            roi_align(features, boxes, 4, num_threads=num_threads, mode="max"),
+            roi_align_backward(grad, boxes, features.shape, 4, num_threads=num_threads),
+            roi_align_backward(grad, boxes, features.shape, 4, mode="max", input=features,
+                               num_threads=num_threads),
+            roi_pool_backward(grad, boxes, features, 4, num_threads=num_threads),
+        ))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+_FORK_CHILD = textwrap.dedent("""
+    import json, multiprocessing, os, sys
+    sys.path[:] = json.loads(os.environ["ROIALIGN_TEST_SYS_PATH"])
+    import numpy as np
+    from roialign_cy import roi_align
+
+    features = np.random.default_rng(0).random((2, 64, 32, 32)).astype(np.float32)
+    boxes = np.array([[i % 2, 1, 1, 20, 25] for i in range(64)], dtype=np.float32)
+
+    def work(_):
+        return float(roi_align(features, boxes, 7, num_threads=2).sum())
+
+    if __name__ == "__main__":
+        expected = work(0)  # the parent has run an OpenMP team before it forks
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            try:
+                got = pool.apply_async(work, (0,)).get(timeout=5)
+            except multiprocessing.TimeoutError:
+                pool.terminate()
+                print("HUNG")
+                sys.exit(3)
+        print("OK" if got == expected else "WRONG")
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method: Linux")
+def test_fork_after_parallel_call_does_not_hang(tmp_path):
+    """GNU libgomp is not fork-safe: a child forked after the parent ran an OpenMP team hangs
+    in its first parallel region (multiprocessing's default start method on Linux before
+    Python 3.14). The package must run such children serially instead."""
+    import json
+
+    script = tmp_path / "fork_child.py"
+    script.write_text(_FORK_CHILD)
+    env = dict(os.environ, ROIALIGN_TEST_SYS_PATH=json.dumps(sys.path))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=tmp_path)
+    assert proc.stdout.strip() == "OK", proc.stdout + proc.stderr[-2000:]
