@@ -25,6 +25,7 @@ def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_thr
     pooled = v.check_output_size(output_size)
     scale = v.check_spatial_scale(spatial_scale)
     batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
+    v.check_scale_fits(scale, features.dtype)
     shape = _output_shape(len(coords), v.channels_of(features.shape, layout), pooled, layout)
     out = v.check_out(out, shape, result_dtype, (input, boxes))
     result = v.kernel_out(out, shape, features.dtype)
@@ -145,6 +146,7 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
     grad_probe = np.asarray(grad_output)
     dtype = v.compute_dtype(grad_probe.dtype, "grad_output")
     batch_index, coords = v.check_boxes(boxes, n_images, was_3d, dtype)
+    v.check_scale_fits(scale, dtype)
     grad, result_dtype = v.check_grad_output(
         grad_probe, _output_shape(len(coords), v.channels_of(shape, layout), pooled, layout)
     )

@@ -161,8 +161,12 @@ cdef inline RoIGrid roi_grid(const floating* box, floating spatial_scale, bint a
 
 cdef inline floating sample_coordinate(floating start, floating bin_size, Py_ssize_t p,
                                        double i, double grid) noexcept nogil:
-    """Coordinate of sample i of bin p, evaluated exactly as torchvision does."""
-    return start + <floating>p * bin_size + (<floating>i + <floating>0.5) * bin_size / <floating>grid
+    """Coordinate of sample i of bin p, evaluated exactly as torchvision does.
+
+    Including torchvision's `iy + .5f`: the sample index goes through float32 even when T is
+    double (it only matters past 2**24 samples per bin).
+    """
+    return start + <floating>p * bin_size + <floating>(<float>i + <float>0.5) * bin_size / <floating>grid
 
 
 cdef inline bint inside(floating y, Py_ssize_t size) noexcept nogil:

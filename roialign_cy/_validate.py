@@ -67,6 +67,15 @@ def check_output_size(output_size):
     return size, size
 
 
+def check_scale_fits(scale, dtype):
+    """Return scale if it stays finite and > 0 in the compute dtype (float32 can lose it)."""
+    if dtype.itemsize < 8:
+        info = np.finfo(dtype)
+        if not (float(info.smallest_subnormal) / 2 < scale <= float(info.max)):
+            raise ValueError(f"spatial_scale {scale!r} does not fit in {dtype.name}")
+    return scale
+
+
 def check_spatial_scale(spatial_scale):
     """Return spatial_scale as a float, finite and > 0."""
     if type(spatial_scale) is float and 0 < spatial_scale < math.inf:  # the common case, fast
