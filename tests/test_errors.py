@@ -142,3 +142,14 @@ def test_float128_input_is_refused():
 def test_valid_defaults_pass():
     """The table's base call is valid, so each row fails for its own reason alone."""
     assert roi_align(FEATURES, BOXES, 2).shape == (5, 3, 2, 2)
+
+
+@pytest.mark.parametrize("scale", [1e39, 1e-50])
+def test_spatial_scale_that_float32_cannot_hold_is_refused(scale):
+    """1e39 overflows float32 and 1e-50 underflows to 0: refused, not silently all zeros."""
+    features = np.ones((1, 1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="spatial_scale .* does not fit in float32"):
+        roi_align(features, np.array([[0, 0, 0, 2, 2.0]]), 1, spatial_scale=scale)
+    # float64 holds both
+    assert np.isfinite(roi_align(features.astype(np.float64), np.array([[0, 0, 0, 2, 2.0]]), 1,
+                                 spatial_scale=scale)).all()
