@@ -21,10 +21,14 @@ def rois_by_image(batch_index, n_images):
 
 
 def channel_blocks(n_threads, n_images, channels):
-    """Channel blocks per image for the backward: enough work items to keep threads busy."""
+    """Channel blocks per image for the per-RoI backward: one work item per thread at least.
+
+    No more: every block walks all its image's RoIs again (tables rebuilt, the image's
+    gradient swept once more), so extra blocks cost more than the balance they buy.
+    """
     if n_threads == 1 or channels == 0:
         return 1
-    return max(1, min(channels, -(-4 * n_threads // n_images)))
+    return max(1, min(channels, -(-n_threads // n_images)))
 
 
 def packed_block_size(features_shape, layout, itemsize, n_threads, n_buffers=1):
