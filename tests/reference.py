@@ -10,11 +10,10 @@ import math
 import numpy as np
 
 
-def bilinear(plane, y, x):
-    """Bilinear value of every channel of plane (C, H, W) at (y, x); 0 outside [-1,H]x[-1,W]."""
-    _, height, width = plane.shape
+def bilinear_taps(height, width, y, x):
+    """The 4 (row, col, weight) taps of torchvision's bilinear sample at (y, x), None outside."""
     if not (-1 <= y <= height and -1 <= x <= width):  # "not inside", so NaN lands here too
-        return np.zeros(plane.shape[0])
+        return None
     y, x = max(y, 0.0), max(x, 0.0)
     y_low, x_low = math.floor(y), math.floor(x)
     if y_low >= height - 1:
@@ -29,8 +28,16 @@ def bilinear(plane, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * plane[:, y_low, x_low] + hy * lx * plane[:, y_low, x_high]
-            + ly * hx * plane[:, y_high, x_low] + ly * lx * plane[:, y_high, x_high])
+    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx),
+            (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
+
+
+def bilinear(plane, y, x):
+    """Bilinear value of every channel of plane (C, H, W) at (y, x); 0 outside [-1,H]x[-1,W]."""
+    taps = bilinear_taps(plane.shape[1], plane.shape[2], y, x)
+    if taps is None:
+        return np.zeros(plane.shape[0])
+    return sum(w * plane[:, r, c] for r, c, w in taps)
 
 
 def reference_roi_align(features_nchw, boxes_k5, output_size, spatial_scale=1.0,

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 from golden import case_names, load_case
+from reference import bilinear_taps
 from roi_inputs import random_boxes, to_layout, to_nchw
 
 from roialign_cy import _strategy, roi_align, roi_align_backward
@@ -49,28 +50,6 @@ def sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned, height
                     samples.append(bilinear_taps(height, width, y, x))
             bins[ph, pw] = samples
     return bins, max(grid_h * grid_w, 1)
-
-
-def bilinear_taps(height, width, y, x):
-    """The 4 (row, col, weight) taps of torchvision's bilinear sample at (y, x), None outside."""
-    if not (-1 <= y <= height and -1 <= x <= width):
-        return None
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = math.floor(y), math.floor(x)
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1 - ly, 1 - lx
-    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx),
-            (y_high, x_low, ly * hx), (y_high, x_high, ly * lx)]
 
 
 def sample_values(plane, taps):
