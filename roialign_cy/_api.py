@@ -16,8 +16,6 @@ def _output_shape(n_rois, channels, pooled, layout):
     return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
 
 
-
-
 def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads):
     """Validate what every forward shares; return the kernel's arguments and output."""
     layout = v.check_layout(layout)
