@@ -325,7 +325,7 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     """
     if input is None:
         raise ValueError("input is required: roi_pool's gradient needs the features")
-    v.check_features(input, v.check_layout(layout))
+    v.check_features(input, v.check_layout(layout), canonical=False)  # converted once, below
     shape = np.shape(input)
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
                           input, True, out, num_threads)

@@ -95,10 +95,11 @@ def compute_dtype(dtype, name):
     return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype.type)
 
 
-def check_features(array, layout, name="input"):
+def check_features(array, layout, name="input", canonical=True):
     """Return (features as canonical 4-D, was_3d, result dtype) for a 3-D or 4-D float map.
 
-    The array is copied only when it is not already C-contiguous, native-endian float32/64.
+    The array is copied only when it is not already C-contiguous, native-endian float32/64;
+    canonical=False only checks (and returns a 4-D view, never a copy).
     """
     features = np.asarray(array)
     dtype = features.dtype
@@ -116,7 +117,9 @@ def check_features(array, layout, name="input"):
     height, width = features.shape[1:3] if layout == "NHWC" else features.shape[2:4]
     if height == 0 or width == 0:
         raise ValueError(f"{name} has an empty feature map (H={height}, W={width})")
-    return np.ascontiguousarray(features, dtype=dtype), was_3d, result_dtype
+    if canonical:
+        features = np.ascontiguousarray(features, dtype=dtype)
+    return features, was_3d, result_dtype
 
 
 def _as_real_array(value, name):
