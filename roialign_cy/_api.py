@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from roialign_cy import _kernels, _pool_kernels
+from roialign_cy import _simd
 from roialign_cy import _strategy as strategy
 from roialign_cy import _threads as threads
 from roialign_cy import _validate as v
@@ -121,12 +121,12 @@ def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_thr
     shape = call.features.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.features.itemsize):
-        return _kernels.roi_align_forward(
+        return _simd.kernels.roi_align_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, sampling_ratio, aligned, max_mode, call.result, n_threads,
         )
     roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
-    return _kernels.roi_align_forward_blocked(
+    return _simd.kernels.roi_align_forward_blocked(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, sampling_ratio, aligned, max_mode, call.result,
         strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
@@ -232,13 +232,13 @@ def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_th
     shape = call.kernel_result.shape
     if not max_mode and strategy.use_channel_blocks(shape, len(call.coords), call.pooled,
                                                      layout, call.kernel_result.itemsize):
-        return _kernels.roi_align_backward_blocked(
+        return _simd.kernels.roi_align_backward_blocked(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, sampling_ratio, aligned, call.kernel_result,
             strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads),
             n_threads,
         )
-    return _kernels.roi_align_backward(
+    return _simd.kernels.roi_align_backward(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, sampling_ratio, aligned, max_mode, call.features,
         call.kernel_result, strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)),
@@ -342,12 +342,12 @@ def _pool_forward_kernel(call, layout, n_threads):
     shape = call.features.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.features.itemsize):
-        return _pool_kernels.roi_pool_forward(
+        return _simd.pool_kernels.roi_pool_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, call.result, n_threads,
         )
     roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
-    return _pool_kernels.roi_pool_forward_blocked(
+    return _simd.pool_kernels.roi_pool_forward_blocked(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, call.result,
         strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
@@ -359,12 +359,12 @@ def _pool_backward_kernel(call, layout, n_threads):
     shape = call.kernel_result.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.kernel_result.itemsize):
-        return _pool_kernels.roi_pool_backward(
+        return _simd.pool_kernels.roi_pool_backward(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, call.features, call.kernel_result,
             strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
         )
-    return _pool_kernels.roi_pool_backward_blocked(
+    return _simd.pool_kernels.roi_pool_backward_blocked(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, call.features, call.kernel_result,
         strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads, n_buffers=2),

@@ -1,10 +1,10 @@
 """How this build of roialign_cy was compiled and how many threads it will use."""
 
-from roialign_cy import _kernels
+from roialign_cy import _kernels, _simd
 
 
 def show_config(print_out=True):
-    """Report whether OpenMP is compiled in and the default thread count.
+    """Report whether OpenMP is compiled in, the default thread count and the SIMD build.
 
     Parameters
     ----------
@@ -14,15 +14,17 @@ def show_config(print_out=True):
     Returns
     -------
     dict
-        ``{"version": str, "openmp": bool, "max_threads": int}``. ``max_threads`` is what
-        ``num_threads=None`` uses: ``OMP_NUM_THREADS`` or threadpoolctl's limit when set,
-        else every core; always 1 in a serial build.
+        ``{"version": str, "openmp": bool, "max_threads": int, "simd": str}``.
+        ``max_threads`` is what ``num_threads=None`` uses: ``OMP_NUM_THREADS`` or
+        threadpoolctl's limit when set, else every core; always 1 in a serial build.
+        ``simd`` is the build of the kernels this CPU runs: ``"avx2"`` or ``"baseline"``
+        (same numbers, bit for bit; ``ROIALIGN_CY_SIMD=baseline`` forces the baseline).
 
     Examples
     --------
     >>> import roialign_cy
     >>> sorted(roialign_cy.show_config(print_out=False))
-    ['max_threads', 'openmp', 'version']
+    ['max_threads', 'openmp', 'simd', 'version']
     """
     from roialign_cy import __version__
 
@@ -30,6 +32,7 @@ def show_config(print_out=True):
         "version": __version__,
         "openmp": bool(_kernels.OPENMP_ENABLED),
         "max_threads": int(_kernels.openmp_max_threads()),
+        "simd": _simd.name,
     }
     if print_out:
         for key, value in config.items():

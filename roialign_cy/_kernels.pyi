@@ -9,6 +9,7 @@ _Index = npt.NDArray[np.intp]
 OPENMP_ENABLED: bool
 
 def openmp_max_threads() -> int: ...
+def cpu_has_avx2() -> bool: ...
 def roi_align_forward(features: _Array, channels_last: bool, batch_index: _Index,
                       boxes: _Array, spatial_scale: float, pooled_height: int,
                       pooled_width: int, sampling_ratio: int, aligned: bool, max_mode: bool,

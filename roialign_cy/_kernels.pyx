@@ -23,6 +23,7 @@ from roialign_cy._blocks cimport (
     unpack_block,
     unpack_roi,
 )
+from roialign_cy._cpu cimport roialign_cpu_has_avx2
 from roialign_cy._geometry cimport Geometry, make_geometry
 from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
 
@@ -32,6 +33,11 @@ OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
 def openmp_max_threads():
     """omp_get_max_threads(): the team size a parallel region gets by default (1 if serial)."""
     return omp_get_max_threads()
+
+
+def cpu_has_avx2():
+    """Whether this CPU, and the OS, can run the AVX2 build of the kernels."""
+    return roialign_cpu_has_avx2()
 
 
 cdef inline bint beats(floating value, floating best) noexcept nogil:

@@ -30,7 +30,8 @@ def test_thread_count_gives_bit_identical_results(output_size, n_spare, layout, 
 
 def test_show_config():
     config = roialign_cy.show_config(print_out=False)
-    assert set(config) == {"version", "openmp", "max_threads"}
+    assert set(config) == {"version", "openmp", "max_threads", "simd"}
+    assert config["simd"] in ("avx2", "baseline")
     assert config["version"] == roialign_cy.__version__
     assert isinstance(config["openmp"], bool)
     assert isinstance(config["max_threads"], int) and config["max_threads"] >= 1
