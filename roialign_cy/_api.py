@@ -30,8 +30,7 @@ def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_thr
     return SimpleNamespace(
         features=features, channels_last=layout == "NHWC", batch_index=batch_index,
         coords=coords, scale=scale, pooled=pooled, out=out, result=result,
-        result_dtype=result_dtype,
-        team=threads.ThreadTeam(threads.team_size(num_threads, result.size), num_threads is None),
+        result_dtype=result_dtype, team=threads.team(num_threads, result.size),
     )
 
 
@@ -152,13 +151,13 @@ def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, 
     user_shape = shape[1:] if was_3d else shape
     out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
     result = v.kernel_out(out, user_shape, dtype, zeroed=True)
-    team = threads.ThreadTeam(threads.team_size(num_threads, grad.size), num_threads is None)
+    team = threads.team(num_threads, grad.size)
     roi_order, image_first = strategy.rois_by_image(batch_index, n_images)
     return SimpleNamespace(
         grad=grad, channels_last=layout == "NHWC", coords=coords, roi_order=roi_order,
         image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,
-        result=result, kernel_result=result.reshape(shape), result_dtype=result_dtype,
-        team=team,
+        result=result, kernel_result=result.reshape(shape) if was_3d else result,
+        result_dtype=result_dtype, team=team,
     )
 
 

@@ -63,18 +63,28 @@ class ThreadTeam:
                 ThreadTeam._active -= 1
 
 
+_SERIAL_TEAM = ThreadTeam(1, False)
+
+
+def team(num_threads, work):
+    """The ThreadTeam for a call of `work` output elements (see team_size)."""
+    n_threads = team_size(num_threads, work)
+    if n_threads == 1:
+        return _SERIAL_TEAM  # one thread: nothing to share, so one instance serves every call
+    return ThreadTeam(n_threads, num_threads is None)
+
+
 def team_size(num_threads, work):
     """The thread count for a call of `work` output elements: None means OpenMP's default.
 
     Capped by the work (tiny calls run on one thread) and 1 in a serial build or in a
     process forked after this one started a thread team.
     """
-    if num_threads is None:
-        requested = _kernels.openmp_max_threads()
-    else:
-        requested = check_int(num_threads, "num_threads", minimum=1)
+    if num_threads is not None:
+        num_threads = check_int(num_threads, "num_threads", minimum=1)
     if work < _SERIAL_WORK or not _kernels.OPENMP_ENABLED or _ThreadState.forked_after_team:
-        return 1
+        return 1  # checked above all the same: a bad num_threads fails on any call
+    requested = _kernels.openmp_max_threads() if num_threads is None else num_threads
     n_threads = max(1, min(requested, work // _SERIAL_WORK))
     if n_threads > 1:
         _ThreadState.team_started = True

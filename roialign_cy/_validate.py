@@ -20,6 +20,10 @@ MODES = ("avg", "max")
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+_INTP = np.dtype(np.intp)
+# spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
+_FLOAT32_SCALE_LOW = float(np.finfo(np.float32).smallest_subnormal) / 2
+_FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
 
 
 def check_layout(layout):
@@ -55,8 +59,13 @@ def check_int(value, name, minimum=None):
 
 def check_output_size(output_size):
     """Return (PH, PW) from an int or a pair of ints, each >= 1."""
-    if type(output_size) is int and 0 < output_size <= _INT32_MAX:  # the common case, fast
+    if type(output_size) is int and 0 < output_size <= _INT32_MAX:  # the common cases, fast
         return output_size, output_size
+    if type(output_size) is tuple and len(output_size) == 2:
+        height, width = output_size
+        if (type(height) is int and type(width) is int
+                and 0 < height <= _INT32_MAX and 0 < width <= _INT32_MAX):
+            return output_size
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
             raise ValueError(
@@ -70,8 +79,12 @@ def check_output_size(output_size):
 def check_scale_fits(scale, dtype):
     """Return scale if it stays finite and > 0 in the compute dtype (float32 can lose it)."""
     if dtype.itemsize < 8:
-        info = np.finfo(dtype)
-        if not (float(info.smallest_subnormal) / 2 < scale <= float(info.max)):
+        if dtype is _FLOAT32:  # the common case: bounds computed once
+            low, high = _FLOAT32_SCALE_LOW, _FLOAT32_SCALE_HIGH
+        else:
+            info = np.finfo(dtype)
+            low, high = float(info.smallest_subnormal) / 2, float(info.max)
+        if not (low < scale <= high):
             raise ValueError(f"spatial_scale {scale!r} does not fit in {dtype.name}")
     return scale
 
@@ -90,6 +103,8 @@ def check_spatial_scale(spatial_scale):
 
 def compute_dtype(dtype, name):
     """The dtype a float array of this dtype is computed in (float16 runs in float32)."""
+    if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case, fast
+        return dtype
     if dtype.kind != "f" or dtype.itemsize > 8:
         raise TypeError(f"{name} must be float16, float32 or float64, got {dtype}")
     return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype.type)
@@ -101,6 +116,13 @@ def check_features(array, layout, name="input", canonical=True):
     The array is copied only when it is not already C-contiguous, native-endian float32/64;
     canonical=False only checks (and returns a 4-D view, never a copy).
     """
+    if type(array) is np.ndarray and array.ndim == 4:  # the common case: no conversion
+        dtype = array.dtype
+        if (dtype is _FLOAT32 or dtype is _FLOAT64) and (array.flags.c_contiguous or not canonical):
+            shape = array.shape
+            height, width = (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
+            if height and width:
+                return array, False, dtype
     features = np.asarray(array)
     dtype = features.dtype
     if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case: skip the slow checks
@@ -131,7 +153,7 @@ def _as_real_array(value, name):
 
 
 def _split_rows(rows, n_images, dtype, name):
-    """(batch_index, coords) from valid (K, 5) float64 rows; raise naming the first bad row."""
+    """(batch_index, coords) from (K, 5) C-contiguous float32/64 rows; raise naming the first bad row."""
     batch_index = np.empty(len(rows), dtype=np.intp)
     coords = np.empty((len(rows), 4), dtype=dtype)
     row, problem = _boxes.split_rows(rows, n_images, batch_index, coords)
@@ -158,6 +180,10 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
     (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
     """
+    if type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5:
+        box_dtype = boxes.dtype
+        if (box_dtype is _FLOAT32 or box_dtype is _FLOAT64) and boxes.flags.c_contiguous:
+            return _split_rows(boxes, n_images, dtype, name)  # the common case: read in place
     if isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
             raise ValueError(
@@ -226,6 +252,12 @@ def deliver(result, out, result_dtype):
 
 def check_input_shape(input_shape, layout):
     """Return the features' shape as a 4-D tuple, and whether it was 3-D (one image)."""
+    if type(input_shape) is tuple and len(input_shape) == 4:  # the common case, fast
+        n, d1, d2, d3 = input_shape
+        if type(n) is type(d1) is type(d2) is type(d3) is int:
+            height, width = (d1, d2) if layout == "NHWC" else (d2, d3)
+            if height and width and min(input_shape) >= 0 and max(input_shape) <= _INT32_MAX:
+                return input_shape, False
     try:
         shape = tuple(check_int(n, "input_shape", minimum=0) for n in input_shape)
     except TypeError:
@@ -242,6 +274,11 @@ def check_input_shape(input_shape, layout):
 
 def check_grad_output(grad_output, shape):
     """Return (grad_output canonical, result dtype), checking it has the pooled `shape`."""
+    if type(grad_output) is np.ndarray:  # the common case: no conversion
+        dtype = grad_output.dtype
+        if ((dtype is _FLOAT32 or dtype is _FLOAT64) and grad_output.flags.c_contiguous
+                and grad_output.shape == shape):
+            return grad_output, dtype
     grad = np.asarray(grad_output)
     result_dtype = grad.dtype.newbyteorder("=")
     dtype = compute_dtype(grad.dtype, "grad_output")
@@ -254,6 +291,9 @@ def check_matching_input(input, shape, dtype, name="input"):
     """Return `input` (needed to find arg-max samples) as canonical `dtype` of `shape`."""
     if input is None:
         raise ValueError(f"{name} is required: max pooling's gradient needs the features")
+    if (type(input) is np.ndarray and input.dtype is dtype and input.shape == shape
+            and input.flags.c_contiguous):
+        return input  # the common case: already canonical
     features = np.asarray(input)
     compute_dtype(features.dtype, name)
     if features.shape not in (shape, shape[1:]):
