@@ -285,6 +285,56 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
     return True
 
 
+cdef inline bint build_axis_tables(SampleTable* table, const floating* box,
+                                   floating spatial_scale, bint aligned,
+                                   Py_ssize_t pooled_h, Py_ssize_t pooled_w,
+                                   Py_ssize_t sampling_ratio,
+                                   Py_ssize_t height, Py_ssize_t width,
+                                   Py_ssize_t row_stride, Py_ssize_t col_stride,
+                                   RoIGrid* grid) noexcept nogil:
+    """Store one RoI's inside samples along y and along x (table.y_*, table.x_*).
+
+    A sample of bin (ph, pw) is a pair (iy, ix), iy in [y_first[ph], y_first[ph + 1]) and
+    ix in [x_first[pw], x_first[pw + 1]); sample_taps gives its 4 taps. This is all the
+    channels-last kernels need: O(PH * grid_h + PW * grid_w) work per RoI.
+    False when out of memory.
+    """
+    grid[0] = roi_grid(box, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio)
+    return (fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h,
+                      height, row_stride, table.y_first, &table.y_samples, &table.y_capacity)
+            and fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w,
+                          grid.grid_w, width, col_stride, table.x_first, &table.x_samples,
+                          &table.x_capacity))
+
+
+cdef inline void sample_taps(const AxisSample* ys, const AxisSample* xs, bint for_max,
+                             Py_ssize_t* offsets, floating* weights) noexcept nogil:
+    """The 4 tap offsets and weights of the sample at (ys, xs), as torchvision forms them.
+
+    A sample standing for several equal coordinates has its weights multiplied by that
+    count for a sum, not for a max (for_max).
+    """
+    cdef floating hy = <floating>ys.frac_low
+    cdef floating ly = <floating>ys.frac_high
+    cdef floating hx = <floating>xs.frac_low
+    cdef floating lx = <floating>xs.frac_high
+    cdef floating repeats
+    offsets[0] = ys.low + xs.low
+    offsets[1] = ys.low + xs.high
+    offsets[2] = ys.high + xs.low
+    offsets[3] = ys.high + xs.high
+    weights[0] = hy * hx
+    weights[1] = hy * lx
+    weights[2] = ly * hx
+    weights[3] = ly * lx
+    if not for_max and (ys.repeats != 1 or xs.repeats != 1):
+        repeats = <floating>(ys.repeats * xs.repeats)
+        weights[0] *= repeats
+        weights[1] *= repeats
+        weights[2] *= repeats
+        weights[3] *= repeats
+
+
 cdef inline bint build_sample_table(SampleTable* table, const floating* box,
                                     floating spatial_scale, bint aligned,
                                     Py_ssize_t pooled_h, Py_ssize_t pooled_w,
@@ -295,55 +345,28 @@ cdef inline bint build_sample_table(SampleTable* table, const floating* box,
     """Build the 4 tap offsets and 4 weights of every inside sample of every bin of one RoI.
 
     Samples are stored bin by bin (row-major), and within a bin in torchvision's order
-    (iy outer, ix inner). A sample standing for several equal coordinates has its weights
-    multiplied by that count for a sum, not for a max (for_max). False when out of memory.
+    (iy outer, ix inner). For kernels that read every sample once per channel plane; the
+    channels-last ones walk the axis tables instead. False when out of memory.
     """
     cdef Py_ssize_t ph, pw, iy, ix, s, n_samples
-    cdef Py_ssize_t* offsets
     cdef floating* weights
-    cdef AxisSample* ys
-    cdef AxisSample* xs
-    cdef floating hy, ly, hx, lx, repeats
-    grid[0] = roi_grid(box, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio)
-    if not (fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h,
-                      height, row_stride, table.y_first, &table.y_samples, &table.y_capacity)
-            and fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w, grid.grid_w,
-                          width, col_stride, table.x_first, &table.x_samples,
-                          &table.x_capacity)):
+    if not build_axis_tables(table, box, spatial_scale, aligned, pooled_h, pooled_w,
+                             sampling_ratio, height, width, row_stride, col_stride, grid):
         return False
     if table.x_first[pooled_w] and table.y_first[pooled_h] > PY_SSIZE_T_MAX // table.x_first[pooled_w]:
         return False
     n_samples = table.y_first[pooled_h] * table.x_first[pooled_w]
     if not reserve_samples(table, n_samples, sizeof(floating)):
         return False
-    offsets = table.corner_offsets
     weights = <floating*>table.corner_weights
     s = 0
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             table.bin_first[ph * pooled_w + pw] = s
             for iy in range(table.y_first[ph], table.y_first[ph + 1]):
-                ys = &table.y_samples[iy]
-                hy = <floating>ys.frac_low
-                ly = <floating>ys.frac_high
                 for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-                    xs = &table.x_samples[ix]
-                    hx = <floating>xs.frac_low
-                    lx = <floating>xs.frac_high
-                    offsets[4 * s + 0] = ys.low + xs.low
-                    offsets[4 * s + 1] = ys.low + xs.high
-                    offsets[4 * s + 2] = ys.high + xs.low
-                    offsets[4 * s + 3] = ys.high + xs.high
-                    weights[4 * s + 0] = hy * hx
-                    weights[4 * s + 1] = hy * lx
-                    weights[4 * s + 2] = ly * hx
-                    weights[4 * s + 3] = ly * lx
-                    if not for_max and (ys.repeats != 1 or xs.repeats != 1):
-                        repeats = <floating>(ys.repeats * xs.repeats)
-                        weights[4 * s + 0] *= repeats
-                        weights[4 * s + 1] *= repeats
-                        weights[4 * s + 2] *= repeats
-                        weights[4 * s + 3] *= repeats
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], for_max,
+                                &table.corner_offsets[4 * s], &weights[4 * s])
                     s += 1
     table.bin_first[table.n_bins] = s
     return True

@@ -9,9 +9,11 @@ from libc.string cimport memset
 from roialign_cy._bilinear cimport (
     RoIGrid,
     SampleTable,
+    build_axis_tables,
     build_sample_table,
     floating,
     four_taps,
+    sample_taps,
     table_delete,
     table_new,
 )
@@ -77,74 +79,86 @@ cdef inline void pool_plane(const floating* plane, floating* out_plane, Py_ssize
 
 cdef inline void pool_channels_last(const floating* image, floating* out_roi,
                                     Py_ssize_t channels, const SampleTable* table,
+                                    Py_ssize_t pooled_h, Py_ssize_t pooled_w,
                                     floating count, bint max_mode,
                                     double samples_per_bin) noexcept nogil:
     """Pool every bin of one RoI over contiguous channels (channels-last layout).
 
-    Loops bins -> samples -> channels so the innermost loop is contiguous and vectorizes;
-    each channel still sums its samples in torchvision's order.
+    Walks the RoI's axis tables (build_axis_tables) bins -> samples -> channels, forming
+    each sample's taps on the way: no per-sample table to build. The innermost loop is
+    contiguous and vectorizes; each channel still sums its samples in torchvision's order.
     """
-    cdef Py_ssize_t b, s, c, first, last
-    cdef const Py_ssize_t* offsets = table.corner_offsets
-    cdef const floating* weights = <const floating*>table.corner_weights
+    cdef Py_ssize_t ph, pw, iy, ix, c, n_inside
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
     cdef const floating* p1
     cdef const floating* p2
     cdef const floating* p3
     cdef const floating* p4
     cdef floating w1, w2, w3, w4, value
     cdef floating* row
-    for b in range(table.n_bins):
-        row = out_roi + b * channels
-        first = table.bin_first[b]
-        last = table.bin_first[b + 1]
-        for c in range(channels):
-            row[c] = 0
-        for s in range(first, last):
-            p1 = image + offsets[4 * s + 0]
-            p2 = image + offsets[4 * s + 1]
-            p3 = image + offsets[4 * s + 2]
-            p4 = image + offsets[4 * s + 3]
-            w1 = weights[4 * s + 0]
-            w2 = weights[4 * s + 1]
-            w3 = weights[4 * s + 2]
-            w4 = weights[4 * s + 3]
+    cdef bint first
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            row = out_roi + (ph * pooled_w + pw) * channels
+            for c in range(channels):
+                row[c] = 0
+            first = True
+            for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], max_mode,
+                                offsets, weights)
+                    p1 = image + offsets[0]
+                    p2 = image + offsets[1]
+                    p3 = image + offsets[2]
+                    p4 = image + offsets[3]
+                    w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
+                    if not max_mode:
+                        for c in range(channels):
+                            row[c] = row[c] + (w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c])
+                    elif first:
+                        for c in range(channels):
+                            row[c] = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
+                    else:
+                        for c in range(channels):
+                            value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
+                            row[c] = value if beats(value, row[c]) else row[c]
+                    first = False
             if not max_mode:
                 for c in range(channels):
-                    row[c] = row[c] + (w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c])
-            elif s == first:
+                    row[c] = row[c] / count
+                continue
+            n_inside = ((table.y_first[ph + 1] - table.y_first[ph])
+                        * (table.x_first[pw + 1] - table.x_first[pw]))
+            if n_inside < samples_per_bin:  # a skipped sample is a 0 that takes part
                 for c in range(channels):
-                    row[c] = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-            else:
-                for c in range(channels):
-                    value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-                    row[c] = value if beats(value, row[c]) else row[c]
-        if not max_mode:
-            for c in range(channels):
-                row[c] = row[c] / count
-        elif last - first < samples_per_bin:  # a skipped sample is a 0 that takes part
-            for c in range(channels):
-                if row[c] < 0:
-                    row[c] = 0
+                    if row[c] < 0:
+                        row[c] = 0
 
 
 cdef inline bint pool_roi(const floating* image, const floating* box, floating spatial_scale,
                           floating* out_roi, const Geometry* g, SampleTable* table,
                           bint max_mode) noexcept nogil:
-    """Build one RoI's sample table, then pool every channel with it. False when out of memory."""
+    """Pool every channel of one RoI. False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
+    if g.channels_last:
+        if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                                 g.sampling_ratio, g.height, g.width, g.row_stride,
+                                 g.col_stride, &grid):
+            return False
+        pool_channels_last(image, out_roi, g.channels, table, g.pooled_h, g.pooled_w,
+                           <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
+        return True
+    # Channels-first: one table of every sample's taps, read once per channel plane.
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.row_stride,
                               g.col_stride, max_mode, &grid):
         return False
-    if g.channels_last:
-        pool_channels_last(image, out_roi, g.channels, table, <floating>grid.count, max_mode,
-                           grid.grid_h * grid.grid_w)
-    else:
-        for c in range(g.channels):
-            pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
-                       g.out_bin_stride, table, <floating>grid.count, max_mode,
-                       grid.grid_h * grid.grid_w)
+    for c in range(g.channels):
+        pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
+                   g.out_bin_stride, table, <floating>grid.count, max_mode,
+                   grid.grid_h * grid.grid_w)
     return True
 
 
@@ -154,12 +168,12 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
                                  Py_ssize_t block) noexcept nogil:
     """Pool one RoI from a packed channel block into pooled (n_bins, block)."""
     cdef RoIGrid grid
-    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.width * block, block,
-                              max_mode, &grid):
+    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                             g.sampling_ratio, g.height, g.width, g.width * block, block,
+                             &grid):
         return False
-    pool_channels_last(packed, pooled, block, table, <floating>grid.count, max_mode,
-                       grid.grid_h * grid.grid_w)
+    pool_channels_last(packed, pooled, block, table, g.pooled_h, g.pooled_w,
+                       <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
     return True
 
 
@@ -301,37 +315,39 @@ cdef inline void unpool_plane(floating* grad_plane, const floating* grad_bins,
 
 cdef inline void unpool_channels_last(floating* grad_image, const floating* grad_roi,
                                       Py_ssize_t channels, Py_ssize_t c0, Py_ssize_t c1,
-                                      const SampleTable* table, floating count) noexcept nogil:
+                                      const SampleTable* table, Py_ssize_t pooled_h,
+                                      Py_ssize_t pooled_w, floating count) noexcept nogil:
     """Backward of pool_channels_last (avg) for channels [c0, c1): contiguous, vectorizes."""
-    cdef Py_ssize_t b, s, c
-    cdef const Py_ssize_t* offsets = table.corner_offsets
-    cdef const floating* weights = <const floating*>table.corner_weights
+    cdef Py_ssize_t ph, pw, iy, ix, c
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
     cdef floating* g1
     cdef floating* g2
     cdef floating* g3
     cdef floating* g4
     cdef const floating* grad_row
     cdef floating w1, w2, w3, w4
-    for b in range(table.n_bins):
-        grad_row = grad_roi + b * channels
-        for s in range(table.bin_first[b], table.bin_first[b + 1]):
-            g1 = grad_image + offsets[4 * s + 0]
-            g2 = grad_image + offsets[4 * s + 1]
-            g3 = grad_image + offsets[4 * s + 2]
-            g4 = grad_image + offsets[4 * s + 3]
-            w1 = weights[4 * s + 0]
-            w2 = weights[4 * s + 1]
-            w3 = weights[4 * s + 2]
-            w4 = weights[4 * s + 3]
-            # One tap at a time: two taps of a sample may be the same element (borders).
-            for c in range(c0, c1):
-                g1[c] += grad_row[c] * w1 / count
-            for c in range(c0, c1):
-                g2[c] += grad_row[c] * w2 / count
-            for c in range(c0, c1):
-                g3[c] += grad_row[c] * w3 / count
-            for c in range(c0, c1):
-                g4[c] += grad_row[c] * w4 / count
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            grad_row = grad_roi + (ph * pooled_w + pw) * channels
+            for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], False, offsets,
+                                weights)
+                    g1 = grad_image + offsets[0]
+                    g2 = grad_image + offsets[1]
+                    g3 = grad_image + offsets[2]
+                    g4 = grad_image + offsets[3]
+                    w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
+                    # One tap at a time: two taps of a sample may be the same element (borders).
+                    for c in range(c0, c1):
+                        g1[c] += grad_row[c] * w1 / count
+                    for c in range(c0, c1):
+                        g2[c] += grad_row[c] * w2 / count
+                    for c in range(c0, c1):
+                        g3[c] += grad_row[c] * w3 / count
+                    for c in range(c0, c1):
+                        g4[c] += grad_row[c] * w4 / count
 
 
 cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
@@ -341,15 +357,19 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
     """Backward of pool_roi for channels [c0, c1). False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
+    if g.channels_last and not max_mode:
+        if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                                 g.sampling_ratio, g.height, g.width, g.row_stride,
+                                 g.col_stride, &grid):
+            return False
+        unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table, g.pooled_h,
+                             g.pooled_w, <floating>grid.count)
+        return True
+    # Channels-first, and max mode in either layout: one channel at a time.
     if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                               g.sampling_ratio, g.height, g.width, g.row_stride,
                               g.col_stride, max_mode, &grid):
         return False
-    if g.channels_last and not max_mode:
-        unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table,
-                             <floating>grid.count)
-        return True
-    # Channels-first, and max mode in either layout: one channel at a time.
     for c in range(c0, c1):
         unpool_plane(grad_image + c * g.channel_stride, grad_roi + c * g.out_channel_stride,
                      g.out_bin_stride, image + c * g.channel_stride if max_mode else NULL,
@@ -363,12 +383,13 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
                                    Py_ssize_t n_channels, Py_ssize_t block) noexcept nogil:
     """Add one RoI's average-mode gradient for channels [c0, c0 + n) to a packed block."""
     cdef RoIGrid grid
-    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.width * block, block,
-                              False, &grid):
+    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                             g.sampling_ratio, g.height, g.width, g.width * block, block,
+                             &grid):
         return False
     pack_roi(grad_roi, roi_grad, g, c0, n_channels, block)
-    unpool_channels_last(packed, roi_grad, block, 0, block, table, <floating>grid.count)
+    unpool_channels_last(packed, roi_grad, block, 0, block, table, g.pooled_h, g.pooled_w,
+                         <floating>grid.count)
     return True
 
 
