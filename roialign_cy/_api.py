@@ -246,7 +246,7 @@ def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_th
 
 
 def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out=None,
-             num_threads=None):
+             num_threads=None, return_argmax=False):
     """Max-pool every region of interest on a quantized grid (RoIPool, Fast R-CNN).
 
     The baseline RoIAlign replaces, with ``torchvision.ops.roi_pool``'s exact semantics:
@@ -259,11 +259,18 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
     ----------
     input, boxes, output_size, spatial_scale, layout, out, num_threads
         As in :func:`roi_align`.
+    return_argmax : bool, default False, keyword-only
+        Also return where each maximum was found, as torchvision's op does internally:
+        hand it to :func:`roi_pool_backward` (``argmax=``) and the backward needs no second
+        search of the features.
 
     Returns
     -------
     ndarray
         ``(K, C, PH, PW)`` for NCHW or ``(K, PH, PW, C)`` for NHWC, the dtype of `input`.
+    argmax : ndarray of int64, only with ``return_argmax=True``
+        Same shape: the pixel index ``y * W + x`` of each output element's maximum within
+        its channel of its image, -1 for an empty bin (torchvision's convention).
 
     Raises
     ------
@@ -280,21 +287,24 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
            [ 9., 10.]], dtype=float32)
     """
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
+    argmax = np.empty(call.result.shape, np.int64) if return_argmax else None
     if call.result.size:
         with call.team as n_threads:
-            done = _pool_forward_kernel(call, layout, n_threads)
+            done = _pool_forward_kernel(call, layout, n_threads, argmax)
         if not done:
             raise MemoryError("roi_pool: could not allocate the per-thread bin tables")
-    return v.deliver(call.result, call.out, call.result_dtype)
+    pooled = v.deliver(call.result, call.out, call.result_dtype)
+    return (pooled, argmax) if return_argmax else pooled
 
 
 def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0, *,
-                      layout="NCHW", out=None, num_threads=None):
+                      layout="NCHW", out=None, num_threads=None, argmax=None):
     """Gradient of :func:`roi_pool` with respect to its features.
 
-    Each bin's gradient goes to the element that won its maximum (found again from `input`;
-    none for an empty bin), like torchvision's ``_roi_pool_backward``. Split by (image,
-    channel block): bit-identical for any `num_threads`.
+    Each bin's gradient goes to the element that won its maximum (none for an empty bin),
+    like torchvision's ``_roi_pool_backward``: taken from `argmax` when given, else found
+    again from `input`. Split by (image, channel block): bit-identical for any
+    `num_threads`.
 
     Parameters
     ----------
@@ -303,7 +313,12 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     boxes, output_size, spatial_scale, layout, out, num_threads
         As in :func:`roi_pool`.
     input : ndarray
-        The features of the forward call (its shape is the gradient's shape).
+        The features of the forward call (its shape is the gradient's shape; its values are
+        only read when `argmax` is None).
+    argmax : ndarray of integers, optional, keyword-only
+        The second result of ``roi_pool(..., return_argmax=True)`` for these boxes: the
+        backward then only scatters, which is much faster. Each index must lie in
+        ``[-1, H * W)``; it is not checked against `input`'s values.
 
     Returns
     -------
@@ -327,35 +342,49 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     v.check_features(input, v.check_layout(layout), canonical=False)  # converted once, below
     shape = np.shape(input)
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
-                          input, True, out, num_threads)
+                          input, argmax is None, out, num_threads)
+    if argmax is not None:
+        height, width = v.map_size(call.kernel_result.shape, v.check_layout(layout))
+        argmax = v.check_argmax(argmax, call.grad.shape, height * width)
     if call.grad.size:
         with call.team as n_threads:
-            done = _pool_backward_kernel(call, layout, n_threads)
+            done = _pool_backward_kernel(call, layout, n_threads, argmax)
         if not done:
             raise MemoryError("roi_pool_backward: could not allocate the per-thread bin tables")
     return v.deliver(call.result, call.out, call.result_dtype)
 
 
-def _pool_forward_kernel(call, layout, n_threads):
-    """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many."""
+def _pool_forward_kernel(call, layout, n_threads, argmax):
+    """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many.
+
+    argmax: None, or an int64 array shaped like the result that receives the arg-max indices.
+    """
     shape = call.features.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.features.itemsize):
         return _simd.pool_kernels.roi_pool_forward(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
-            *call.pooled, call.result, n_threads,
+            *call.pooled, call.result, n_threads, argmax,
         )
     roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
     return _simd.pool_kernels.roi_pool_forward_blocked(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, call.result,
         strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
+        argmax,
     )
 
 
-def _pool_backward_kernel(call, layout, n_threads):
-    """Run the RoIPool backward kernel that suits the call: channel blocks when RoIs are many."""
+def _pool_backward_kernel(call, layout, n_threads, argmax):
+    """Run the RoIPool backward kernel that suits the call: a scatter from the arg-max indices
+    when given, else channel blocks when RoIs are many, else per RoI."""
     shape = call.kernel_result.shape
+    if argmax is not None:
+        return _simd.pool_kernels.roi_pool_backward_argmax(
+            call.grad, call.channels_last, argmax, call.roi_order, call.image_first,
+            *call.pooled, call.kernel_result,
+            strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
+        )
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.kernel_result.itemsize):
         return _simd.pool_kernels.roi_pool_backward(

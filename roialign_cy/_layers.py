@@ -79,16 +79,17 @@ class RoIPool:
         self.spatial_scale = v.check_spatial_scale(spatial_scale)
         self.layout = v.check_layout(layout)
 
-    def __call__(self, input, boxes, *, out=None, num_threads=None):
+    def __call__(self, input, boxes, *, out=None, num_threads=None, return_argmax=False):
         """Forward: :func:`roi_pool` of `input` over `boxes`."""
         return roi_pool(input, boxes, self.output_size, self.spatial_scale,
-                        layout=self.layout, out=out, num_threads=num_threads)
+                        layout=self.layout, out=out, num_threads=num_threads,
+                        return_argmax=return_argmax)
 
-    def backward(self, grad_output, boxes, input, *, out=None, num_threads=None):
+    def backward(self, grad_output, boxes, input, *, out=None, num_threads=None, argmax=None):
         """Gradient w.r.t. the features: :func:`roi_pool_backward`."""
         return roi_pool_backward(grad_output, boxes, input, self.output_size,
                                  self.spatial_scale, layout=self.layout, out=out,
-                                 num_threads=num_threads)
+                                 num_threads=num_threads, argmax=argmax)
 
     def __repr__(self):
         return (f"RoIPool(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "

@@ -6,6 +6,7 @@
 from cython.parallel cimport parallel, prange
 from libc.float cimport FLT_MAX
 from libc.math cimport ceil, floor, fmax, fmin, round
+from libc.stdint cimport int64_t
 from libc.stdlib cimport free, malloc
 
 from libc.string cimport memset
@@ -89,28 +90,45 @@ cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
 
 cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
                                         const Geometry* g, const PoolBins* bins,
-                                        Py_ssize_t channels) noexcept nogil:
+                                        Py_ssize_t channels, int64_t* argmax_roi) noexcept nogil:
     """Max over every bin for `channels` contiguous channels per pixel (they vectorize).
 
     `image` is channels-last with pixel stride `channels`: the features themselves, or a
-    packed channel block.
+    packed channel block. Unless argmax_roi is NULL, it receives (n_bins, channels) arg-max
+    pixel indices y * W + x (-1: empty bin, or no value above -FLT_MAX), torchvision's.
     """
-    cdef Py_ssize_t ph, pw, y, x, c
+    cdef Py_ssize_t ph, pw, y, x, c, at
     cdef floating* row
+    cdef int64_t* arg_row
     cdef const floating* pixel
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             row = out_roi + (ph * g.pooled_w + pw) * channels
+            arg_row = argmax_roi + (ph * g.pooled_w + pw) * channels if argmax_roi != NULL else NULL
             if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
                 for c in range(channels):
                     row[c] = 0
+                if arg_row != NULL:
+                    for c in range(channels):
+                        arg_row[c] = -1
                 continue
             for c in range(channels):
                 row[c] = -FLT_MAX
+            if arg_row == NULL:
+                for y in range(bins.y_start[ph], bins.y_end[ph]):
+                    for x in range(bins.x_start[pw], bins.x_end[pw]):
+                        pixel = image + (y * g.width + x) * channels
+                        for c in range(channels):  # a select, not a branch: it vectorizes
+                            row[c] = pixel[c] if pixel[c] > row[c] else row[c]
+                continue
+            for c in range(channels):
+                arg_row[c] = -1
             for y in range(bins.y_start[ph], bins.y_end[ph]):
                 for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    pixel = image + (y * g.width + x) * channels
-                    for c in range(channels):  # a select, not a branch: it vectorizes
+                    at = y * g.width + x
+                    pixel = image + at * channels
+                    for c in range(channels):
+                        arg_row[c] = at if pixel[c] > row[c] else arg_row[c]
                         row[c] = pixel[c] if pixel[c] > row[c] else row[c]
 
 
@@ -150,15 +168,19 @@ cdef inline void unpool_max_channels_last(floating* grad_image, const floating* 
                     grad_image[best_at[c] + c] += grad_row[c]
 
 
-cdef inline void max_pool_plane(const floating* plane, floating* out_plane, const Geometry* g,
+cdef inline void max_pool_plane(const floating* plane, floating* out_plane,
+                                int64_t* argmax_plane, const Geometry* g,
                                 const PoolBins* bins) noexcept nogil:
-    """Max over every bin of one channel plane (channels-first layout)."""
-    cdef Py_ssize_t ph, pw
+    """Max over every bin of one channel plane (channels-first layout), and unless
+    argmax_plane is NULL each bin's arg-max pixel index (-1 if none)."""
+    cdef Py_ssize_t ph, pw, at
     cdef floating best
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
-            argmax_in_bin(plane, g, bins, ph, pw, &best)
+            at = argmax_in_bin(plane, g, bins, ph, pw, &best)
             out_plane[ph * g.pooled_w + pw] = best
+            if argmax_plane != NULL:
+                argmax_plane[ph * g.pooled_w + pw] = at  # y * W + x: row stride W, column 1
 
 
 cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bins,
@@ -174,11 +196,27 @@ cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bin
                 grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
 
 
+cdef inline void unpack_roi_argmax(const int64_t* pooled_at, int64_t* argmax_roi,
+                                   const Geometry* g, Py_ssize_t c0, Py_ssize_t n_channels,
+                                   Py_ssize_t block) noexcept nogil:
+    """unpack_roi for arg-max indices: (n_bins, block) to the RoI's channels [c0, c0 + n)."""
+    cdef Py_ssize_t b, c
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    for c in range(n_channels):
+        for b in range(n_bins):
+            argmax_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled_at[b * block + c]
+
+
 def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
                      const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
                      double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                     floating[:, :, :, ::1] out, int n_threads):
-    """RoIPool forward into `out`, RoIs spread over threads. False when out of memory."""
+                     floating[:, :, :, ::1] out, int n_threads,
+                     int64_t[:, :, :, ::1] argmax=None):
+    """RoIPool forward into `out`, RoIs spread over threads. False when out of memory.
+
+    Unless argmax is None, it receives each output element's arg-max pixel index y * W + x
+    (-1 if none), in the layout of `out`: what roi_pool_backward_argmax takes.
+    """
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, 0, False)
     cdef Py_ssize_t k, c
@@ -188,6 +226,8 @@ def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef floating scale = <floating>spatial_scale
     cdef const floating* image
     cdef floating* out_roi
+    cdef int64_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
+    cdef int64_t* argmax_roi
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         bins = bins_new(pooled_height, pooled_width)
@@ -199,12 +239,14 @@ def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
             roi_bins(bins, &boxes[k, 0], scale, &g)
             image = &features[0, 0, 0, 0] + batch_index[k] * g.image_stride
             out_roi = &out[0, 0, 0, 0] + k * g.out_roi_stride
+            argmax_roi = argmax_base + k * g.out_roi_stride if argmax_base != NULL else NULL
             if channels_last:
-                max_pool_channels_last(image, out_roi, &g, bins, g.channels)
+                max_pool_channels_last(image, out_roi, &g, bins, g.channels, argmax_roi)
                 continue
             for c in range(g.channels):
                 max_pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
-                               &g, bins)
+                               argmax_roi + c * g.out_channel_stride if argmax_roi != NULL
+                               else NULL, &g, bins)
         free(bins)
     return not failed
 
@@ -266,15 +308,58 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
     return not failed
 
 
+def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint channels_last,
+                             const int64_t[:, :, :, ::1] argmax,
+                             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+                             Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                             floating[:, :, :, ::1] grad_input, Py_ssize_t channel_blocks,
+                             int n_threads):
+    """Gradient of roi_pool from the arg-max indices its forward recorded (torchvision's way).
+
+    Each output element's gradient goes to pixel argmax (y * W + x) of its channel, none
+    when -1; the wrapper has checked every index is in [-1, H * W). Work items are (image,
+    channel block), RoIs ascending, then bins: torchvision's order for every element,
+    deterministic, no atomics.
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    cdef Py_ssize_t n_images = grad_input.shape[0]
+    cdef Py_ssize_t n_bins = pooled_height * pooled_width
+    cdef Py_ssize_t item, b, block, j, k, c, c0, c1, bin, at, element
+    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
+    cdef const int64_t* argmax_base = &argmax[0, 0, 0, 0]
+    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
+    cdef floating* grad_image
+
+    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
+        for item in prange(n_images * channel_blocks, schedule='dynamic'):
+            b = item // channel_blocks
+            block = item % channel_blocks
+            c0 = block * g.channels // channel_blocks
+            c1 = (block + 1) * g.channels // channel_blocks
+            grad_image = grad_base + b * g.image_stride
+            for j in range(image_first[b], image_first[b + 1]):
+                k = roi_order[j]
+                for c in range(c0, c1):
+                    for bin in range(n_bins):
+                        element = k * g.out_roi_stride + c * g.out_channel_stride + bin * g.out_bin_stride
+                        at = <Py_ssize_t>argmax_base[element]
+                        if at >= 0:
+                            grad_image[at * g.col_stride + c * g.channel_stride] += grad_out[element]
+    return True
+
+
 def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channels_last,
                              const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
                              const Py_ssize_t[::1] image_first, double spatial_scale,
                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                             floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads):
+                             floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads,
+                             int64_t[:, :, :, ::1] argmax=None):
     """RoIPool forward for many RoIs per image: work items are (image, channel block).
 
     Like roi_align_forward_blocked: pools all the image's RoIs from a packed, cache-resident
-    block of `block` channels, vectorized over them. Same numbers as roi_pool_forward.
+    block of `block` channels, vectorized over them. Same numbers (and arg-max indices,
+    unless argmax is None) as roi_pool_forward.
     """
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, 0, False)
@@ -285,17 +370,22 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
     cdef PoolBins* bins = NULL
     cdef floating* packed = NULL
     cdef floating* pooled = NULL
+    cdef int64_t* pooled_at = NULL
     cdef int failed = 0
     cdef int* failed_flag = &failed
     cdef floating scale = <floating>spatial_scale
     cdef const floating* image = &features[0, 0, 0, 0]
     cdef floating* out_base = &out[0, 0, 0, 0]
+    cdef int64_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         bins = bins_new(pooled_height, pooled_width)
         packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
         pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
-        if bins == NULL or packed == NULL or pooled == NULL:
+        if argmax_base != NULL:
+            pooled_at = <int64_t*>malloc(pooled_height * pooled_width * block * sizeof(int64_t))
+        if bins == NULL or packed == NULL or pooled == NULL or (argmax_base != NULL
+                                                                and pooled_at == NULL):
             failed_flag[0] = 1
         for item in prange(n_images * n_blocks, schedule='dynamic'):
             it = block_item(item, g.channels, block)
@@ -306,11 +396,15 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
                 roi_bins(bins, &boxes[k, 0], scale, &g)
-                max_pool_channels_last(packed, pooled, &g, bins, block)
+                max_pool_channels_last(packed, pooled, &g, bins, block, pooled_at)
                 unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
+                if argmax_base != NULL:
+                    unpack_roi_argmax(pooled_at, argmax_base + k * g.out_roi_stride, &g, c0,
+                                      n_channels, block)
         free(bins)
         free(packed)
         free(pooled)
+        free(pooled_at)
     return not failed
 
 

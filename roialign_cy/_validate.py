@@ -301,6 +301,25 @@ def check_matching_input(input, shape, dtype, name="input"):
     return np.ascontiguousarray(features.reshape(shape), dtype=dtype)
 
 
+def check_argmax(argmax, grad_shape, n_pixels):
+    """Return roi_pool's arg-max indices as C-contiguous int64 of grad_shape, each checked to
+    lie in [-1, n_pixels): the backward writes where they point."""
+    indices = np.asarray(argmax)
+    if indices.dtype.kind not in "iu":
+        raise TypeError(f"argmax must hold integers (the second result of roi_pool(..., "
+                        f"return_argmax=True)), got dtype {indices.dtype}")
+    if indices.shape != tuple(grad_shape):
+        raise ValueError(f"argmax must have grad_output's shape {tuple(grad_shape)}, "
+                         f"got {indices.shape}")
+    if indices.size:
+        low, high = indices.min(), indices.max()
+        if low < -1 or high >= n_pixels:
+            bad = low if low < -1 else high
+            raise ValueError(f"argmax holds {bad}, outside [-1, {n_pixels}): indices are "
+                             f"y * W + x within a feature map of {n_pixels} pixels, or -1")
+    return np.ascontiguousarray(indices, dtype=np.int64)
+
+
 def channels_of(shape, layout):
     """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
     return shape[3] if layout == "NHWC" else shape[1]

@@ -76,6 +76,10 @@ def test_roipool_equals_functions(layout):
     out = np.empty_like(features)
     assert layer.backward(grad_output, boxes, features, out=out, num_threads=1) is out
     np.testing.assert_array_equal(out, expected_grad)
+    pooled, argmax = layer(features, boxes, return_argmax=True)
+    np.testing.assert_array_equal(pooled, expected)
+    np.testing.assert_array_equal(layer.backward(grad_output, boxes, features, argmax=argmax),
+                                  expected_grad)
 
 
 def test_repr():

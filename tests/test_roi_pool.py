@@ -9,7 +9,7 @@ import pytest
 from golden import case_names, load_case
 from roi_inputs import random_boxes, to_layout, to_nchw
 
-from roialign_cy import roi_pool, roi_pool_backward
+from roialign_cy import _strategy, roi_pool, roi_pool_backward
 
 LAYOUTS = ["NCHW", "NHWC"]
 DTYPES = [np.float32, np.float64]
@@ -347,3 +347,97 @@ def test_backward_needs_input():
     """The arg-max is found from the features: input=None is refused, naming it."""
     with pytest.raises(ValueError, match="input"):
         roi_pool_backward(np.ones((1, 1, 1, 1)), np.array([[0, 0.0, 0.0, 2.0, 2.0]]), None, 1)
+
+
+# --- the arg-max indices: roi_pool(..., return_argmax=True) and roi_pool_backward(argmax=) --
+
+def argmax_to_nchw(argmax, layout):
+    """Arg-max indices in `layout` as (K, C, PH, PW)."""
+    return argmax if layout == "NCHW" else np.moveaxis(argmax, -1, 1)
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["per_roi", "blocked"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", case_names("roi_pool"))
+def test_argmax_matches_torchvision(name, layout, blocked, monkeypatch):
+    """The indices are torchvision's op's own (y * W + x, -1 for an empty bin), both kernels."""
+    monkeypatch.setattr(_strategy, "use_channel_blocks", lambda *args: blocked)
+    params, data = load_case(name)
+    size, scale = tuple(params["output_size"]), params["spatial_scale"]
+    pooled, argmax = roi_pool(to_layout(data["input"], layout), data["boxes"], size, scale,
+                              layout=layout, return_argmax=True)
+    assert argmax.dtype == np.int64 and argmax.shape == pooled.shape
+    np.testing.assert_array_equal(argmax_to_nchw(argmax, layout), data["argmax"])
+    np.testing.assert_array_equal(to_nchw(pooled, layout), data["output"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", case_names("roi_pool_backward"))
+def test_backward_from_argmax_matches_torchvision(name, layout):
+    """Handed the forward's indices, the backward gives torchvision's gradient exactly, and
+    never reads the features (NaN features change nothing)."""
+    params, data = load_case(name)
+    size, scale = tuple(params["output_size"]), params["spatial_scale"]
+    features = to_layout(data["input"], layout)
+    _, argmax = roi_pool(features, data["boxes"], size, scale, layout=layout,
+                         return_argmax=True)
+    grad_output = to_layout(data["grad_output"], layout)
+    got = roi_pool_backward(grad_output, data["boxes"], np.full_like(features, np.nan), size,
+                            scale, layout=layout, argmax=argmax)
+    np.testing.assert_array_equal(to_nchw(got, layout), data["grad_input"])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_from_argmax_threads_bit_identical(layout):
+    """Many RoIs, many threads: the scatter keeps torchvision's order per element."""
+    rng = np.random.default_rng(77)
+    features = to_layout(rng.integers(0, 3, (2, 24, 30, 30)).astype(np.float32), layout)
+    boxes = random_boxes(rng, 2, 30, 30, 1.0, n_boxes=300)
+    pooled, argmax = roi_pool(features, boxes, 5, layout=layout, return_argmax=True)
+    grad_output = rng.standard_normal(pooled.shape).astype(np.float32)
+    expected = roi_pool_backward(grad_output, boxes, features, 5, layout=layout, num_threads=1)
+    for n_threads in (1, 2, 5):
+        got = roi_pool_backward(grad_output, boxes, features, 5, layout=layout,
+                                num_threads=n_threads, argmax=argmax)
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_argmax_with_no_boxes_and_float16(layout):
+    features = to_layout(np.arange(2 * 3 * 5 * 6, dtype=np.float16).reshape(2, 3, 5, 6), layout)
+    pooled, argmax = roi_pool(features, np.zeros((0, 5)), (2, 4), layout=layout,
+                              return_argmax=True)
+    assert pooled.shape == argmax.shape and argmax.size == 0
+    boxes = np.array([[1, 0, 0, 5, 4]])
+    pooled, argmax = roi_pool(features, boxes, 1, layout=layout, return_argmax=True)
+    assert pooled.dtype == np.float16
+    assert argmax.ravel().tolist() == [4 * 6 + 5] * 3  # the bottom-right pixel, every channel
+    grad = roi_pool_backward(np.ones_like(pooled), boxes, features, 1, layout=layout,
+                             argmax=argmax)
+    assert grad.dtype == np.float16 and grad.sum() == 3 and grad.ravel().max() == 1
+
+
+@pytest.mark.parametrize("argmax, error, message", [
+    (np.zeros((1, 1, 1, 1), np.float32), TypeError, "argmax must hold integers"),
+    (np.zeros((1, 1, 2, 1), np.int64), ValueError, r"argmax must have grad_output's shape"),
+    (np.full((1, 1, 1, 1), -2), ValueError, r"argmax holds -2, outside \[-1, 16\)"),
+    (np.full((1, 1, 1, 1), 16), ValueError, r"argmax holds 16, outside \[-1, 16\)"),
+    (np.full((1, 1, 1, 1), 2**63, np.uint64), ValueError, "outside"),
+])
+def test_bad_argmax_is_refused(argmax, error, message):
+    """Indices decide where the backward writes: anything out of the map is refused."""
+    features = np.zeros((1, 1, 4, 4), np.float32)
+    with pytest.raises(error, match=message):
+        roi_pool_backward(np.ones((1, 1, 1, 1), np.float32), np.array([[0, 0, 0, 2, 2]]),
+                          features, 1, argmax=argmax)
+
+
+def test_argmax_index_is_within_the_channel_of_its_image():
+    """An index names a pixel of the RoI's own image and channel; -1 sends nothing."""
+    features = np.zeros((2, 2, 4, 4), np.float32)
+    argmax = np.array([[[[15]], [[-1]]]])
+    grad = roi_pool_backward(np.full((1, 2, 1, 1), 7.0, np.float32),
+                             np.array([[1, 0, 0, 2, 2]]), features, 1, argmax=argmax)
+    expected = np.zeros_like(features)
+    expected[1, 0, 3, 3] = 7.0
+    np.testing.assert_array_equal(grad, expected)

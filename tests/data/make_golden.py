@@ -161,8 +161,12 @@ def pool_cases(rng, arrays, cases):
             x = as_torch(features, torch_dtype, grad=True)
             output = roi_pool(x, as_torch(boxes, torch_dtype), size, scale)
             params = {"output_size": list(size), "spatial_scale": scale}
+            # The op itself also returns the arg-max indices its backward consumes.
+            _, argmax = torch.ops.torchvision.roi_pool(
+                as_torch(features, torch_dtype), as_torch(boxes, torch_dtype), scale, *size)
             add_case(arrays, cases, f"roi_pool_{dtype}_{i:02d}", "roi_pool", dtype, params,
-                     input=features, boxes=boxes, output=output.detach().numpy())
+                     input=features, boxes=boxes, output=output.detach().numpy(),
+                     argmax=argmax.numpy())
             grad_output = rng.standard_normal(tuple(output.shape)).astype(np_dtype)
             output.backward(as_torch(grad_output, torch_dtype))
             add_case(arrays, cases, f"roi_pool_backward_{dtype}_{i:02d}", "roi_pool_backward",
