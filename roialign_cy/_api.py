@@ -10,23 +10,25 @@ from roialign_cy import _threads as threads
 from roialign_cy import _validate as v
 
 
-def _output_shape(n_rois, channels, pooled, layout):
-    """(K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC."""
-    ph, pw = pooled
-    return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
-
-
 def _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads):
     """Validate what every forward shares; return the kernel's arguments and output."""
-    layout = v.check_layout(layout)
-    features, was_3d, result_dtype = v.check_features(input, layout)
-    pooled = v.check_output_size(output_size)
-    scale = v.check_spatial_scale(spatial_scale)
-    batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
-    v.check_scale_fits(scale, features.dtype)
-    shape = _output_shape(len(coords), v.channels_of(features.shape, layout), pooled, layout)
-    out = v.check_out(out, shape, result_dtype, (input, boxes))
-    result = v.kernel_out(out, shape, features.dtype)
+    common = None
+    if out is None:
+        common = v.common_forward(input, boxes, output_size, spatial_scale, layout)
+    if common is not None:  # the usual argument forms, checked in one go
+        features, pooled, scale, batch_index, coords, shape = common
+        result_dtype = features.dtype
+        result = np.empty(shape, dtype=result_dtype)
+    else:
+        layout = v.check_layout(layout)
+        features, was_3d, result_dtype = v.check_features(input, layout)
+        pooled = v.check_output_size(output_size)
+        scale = v.check_spatial_scale(spatial_scale)
+        batch_index, coords = v.check_boxes(boxes, features.shape[0], was_3d, features.dtype)
+        v.check_scale_fits(scale, features.dtype)
+        shape = v.output_shape(len(coords), v.channels_of(features.shape, layout), pooled, layout)
+        out = v.check_out(out, shape, result_dtype, (input, boxes))
+        result = v.kernel_out(out, shape, features.dtype)
     return SimpleNamespace(
         features=features, channels_last=layout == "NHWC", batch_index=batch_index,
         coords=coords, scale=scale, pooled=pooled, out=out, result=result,
@@ -135,24 +137,32 @@ def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_thr
 def _backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout,
                    input, needs_input, out, num_threads):
     """Validate what every backward shares; return the kernel's arguments and output."""
-    layout = v.check_layout(layout)
-    shape, was_3d = v.check_input_shape(input_shape, layout)
-    pooled = v.check_output_size(output_size)
-    scale = v.check_spatial_scale(spatial_scale)
-    n_images = shape[0]
-    grad_probe = np.asarray(grad_output)
-    dtype = v.compute_dtype(grad_probe.dtype, "grad_output")
-    batch_index, coords = v.check_boxes(boxes, n_images, was_3d, dtype)
-    v.check_scale_fits(scale, dtype)
-    grad, result_dtype = v.check_grad_output(
-        grad_probe, _output_shape(len(coords), v.channels_of(shape, layout), pooled, layout)
-    )
-    features = v.check_matching_input(input, shape, dtype) if needs_input else None
-    user_shape = shape[1:] if was_3d else shape
-    out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
-    result = v.kernel_out(out, user_shape, dtype, zeroed=True)
+    common = None
+    if out is None:
+        common = v.common_backward(grad_output, boxes, input_shape, output_size, spatial_scale,
+                                   layout, input, needs_input)
+    if common is not None:  # the usual argument forms, checked in one go
+        grad, pooled, scale, batch_index, coords, features = common
+        shape, was_3d, result_dtype = input_shape, False, grad.dtype
+        result = np.zeros(shape, dtype=result_dtype)
+    else:
+        layout = v.check_layout(layout)
+        shape, was_3d = v.check_input_shape(input_shape, layout)
+        pooled = v.check_output_size(output_size)
+        scale = v.check_spatial_scale(spatial_scale)
+        grad_probe = np.asarray(grad_output)
+        dtype = v.compute_dtype(grad_probe.dtype, "grad_output")
+        batch_index, coords = v.check_boxes(boxes, shape[0], was_3d, dtype)
+        v.check_scale_fits(scale, dtype)
+        grad, result_dtype = v.check_grad_output(
+            grad_probe, v.output_shape(len(coords), v.channels_of(shape, layout), pooled, layout)
+        )
+        features = v.check_matching_input(input, shape, dtype) if needs_input else None
+        user_shape = shape[1:] if was_3d else shape
+        out = v.check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
+        result = v.kernel_out(out, user_shape, dtype, zeroed=True)
     team = threads.team(num_threads, grad.size)
-    roi_order, image_first = strategy.rois_by_image(batch_index, n_images)
+    roi_order, image_first = strategy.rois_by_image(batch_index, shape[0])
     return SimpleNamespace(
         grad=grad, channels_last=layout == "NHWC", coords=coords, roi_order=roi_order,
         image_first=image_first, scale=scale, pooled=pooled, features=features, out=out,

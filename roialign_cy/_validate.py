@@ -24,6 +24,11 @@ _INTP = np.dtype(np.intp)
 # spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
 _FLOAT32_SCALE_LOW = float(np.finfo(np.float32).smallest_subnormal) / 2
 _FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
+# _boxes.split_rows specialized per (rows dtype, coords dtype), picked here: Cython's run-time
+# dispatch over two fused arguments costs about as much as checking the rows of a small call.
+_C_TYPES = {_FLOAT32: "float", _FLOAT64: "double"}
+_SPLIT_ROWS = {(rows, coords): _boxes.split_rows[_C_TYPES[rows], _C_TYPES[coords]]
+               for rows in _C_TYPES for coords in _C_TYPES}
 
 
 def check_layout(layout):
@@ -153,10 +158,10 @@ def _as_real_array(value, name):
 
 
 def _split_rows(rows, n_images, dtype, name):
-    """(batch_index, coords) from (K, 5) C-contiguous float32/64 rows; raise naming the first bad row."""
+    """(batch_index, coords) from C-contiguous float32/64 (K, 5) rows; raise naming a bad row."""
     batch_index = np.empty(len(rows), dtype=np.intp)
     coords = np.empty((len(rows), 4), dtype=dtype)
-    row, problem = _boxes.split_rows(rows, n_images, batch_index, coords)
+    row, problem = _SPLIT_ROWS[rows.dtype, dtype](rows, n_images, batch_index, coords)
     if row < 0:
         return batch_index, coords
     values = rows[row].tolist()
@@ -320,6 +325,12 @@ def check_argmax(argmax, grad_shape, n_pixels):
     return np.ascontiguousarray(indices, dtype=np.int64)
 
 
+def output_shape(n_rois, channels, pooled, layout):
+    """The pooled result's shape: (K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC."""
+    ph, pw = pooled
+    return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
+
+
 def channels_of(shape, layout):
     """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
     return shape[3] if layout == "NHWC" else shape[1]
@@ -328,3 +339,131 @@ def channels_of(shape, layout):
 def map_size(shape, layout):
     """(H, W) of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
     return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
+
+
+# ---- The common call, checked in one go ------------------------------------------------------
+# A small call spends more time in the checks above (a dozen Python calls) than in its kernel.
+# When every argument has its common form, the functions below run the same checks inline
+# and return the canonical arguments; on anything else, valid or not, they return None and
+# the caller takes the check_* path, which converts the argument or raises its error. They
+# never raise themselves (but for MemoryError from an allocation the full path would make too).
+
+
+def _common_pooled(output_size):
+    """(PH, PW) if output_size is an int or a tuple of two ints in [1, 2**31), else None."""
+    if type(output_size) is int:
+        height = width = output_size
+    elif type(output_size) is tuple and len(output_size) == 2:
+        height, width = output_size
+        if type(height) is not int or type(width) is not int:
+            return None
+    else:
+        return None
+    if 0 < height <= _INT32_MAX and 0 < width <= _INT32_MAX:
+        return height, width
+    return None
+
+
+def _common_scale(spatial_scale, dtype):
+    """Whether spatial_scale is a float, finite, > 0 and still so in `dtype`."""
+    if type(spatial_scale) is not float:
+        return False
+    if dtype is _FLOAT32:
+        return _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH
+    return 0 < spatial_scale < math.inf
+
+
+def _common_boxes(boxes, n_images, dtype):
+    """(batch_index, coords) from a C-contiguous float32/64 (K, 5) array of valid rows, or None."""
+    if type(boxes) is not np.ndarray or boxes.ndim != 2:
+        return None
+    box_dtype = boxes.dtype
+    n_rois, n_columns = boxes.shape
+    if n_columns != 5 or not (box_dtype is _FLOAT32 or box_dtype is _FLOAT64):
+        return None
+    if not boxes.flags.c_contiguous:
+        return None
+    batch_index = np.empty(n_rois, dtype=np.intp)
+    coords = np.empty((n_rois, 4), dtype=dtype)
+    row, _ = _SPLIT_ROWS[box_dtype, dtype](boxes, n_images, batch_index, coords)
+    return (batch_index, coords) if row < 0 else None
+
+
+def common_forward(input, boxes, output_size, spatial_scale, layout):
+    """The checked forward arguments of a common call, or None (see above).
+
+    Common: `input` a C-contiguous 4-D float32/float64 ndarray with a non-empty map, `boxes`
+    a C-contiguous (K, 5) float32/float64 ndarray of valid rows, `output_size` an int or a
+    tuple of two ints, `spatial_scale` a float, a valid layout. Returns (features, pooled,
+    scale, batch_index, coords, result shape), as check_features, check_output_size,
+    check_spatial_scale, check_boxes and check_scale_fits would.
+    """
+    if type(input) is not np.ndarray or input.ndim != 4 or type(layout) is not str:
+        return None
+    dtype = input.dtype
+    if not (dtype is _FLOAT32 or dtype is _FLOAT64) or not input.flags.c_contiguous:
+        return None
+    if layout == "NCHW":
+        n_images, channels, height, width = input.shape
+    elif layout == "NHWC":
+        n_images, height, width, channels = input.shape
+    else:
+        return None
+    pooled = _common_pooled(output_size)
+    if pooled is None or not (height and width) or not _common_scale(spatial_scale, dtype):
+        return None
+    split = _common_boxes(boxes, n_images, dtype)
+    if split is None:
+        return None
+    batch_index, coords = split
+    n_rois = len(coords)
+    if n_rois * channels * pooled[0] * pooled[1] * dtype.itemsize > sys.maxsize:
+        return None  # kernel_out's MemoryError
+    shape = output_shape(n_rois, channels, pooled, layout)
+    return input, pooled, spatial_scale, batch_index, coords, shape
+
+
+def common_backward(grad_output, boxes, input_shape, output_size, spatial_scale, layout, input,
+                    needs_input):
+    """The checked backward arguments of a common call, or None (see above).
+
+    Common: `input_shape` a tuple of four ints, `grad_output` a C-contiguous float32/float64
+    ndarray of the pooled shape, `input` (when needed) a C-contiguous ndarray of `input_shape`
+    and grad_output's dtype, the other arguments as in common_forward. Returns (grad, pooled,
+    scale, batch_index, coords, features or None), as _backward_call's check_* functions would.
+    """
+    if type(input_shape) is not tuple or len(input_shape) != 4 or type(layout) is not str:
+        return None
+    n_images, d1, d2, d3 = input_shape
+    if not type(n_images) is type(d1) is type(d2) is type(d3) is int:
+        return None
+    if layout == "NCHW":
+        channels, height, width = d1, d2, d3
+    elif layout == "NHWC":
+        height, width, channels = d1, d2, d3
+    else:
+        return None
+    if not (height and width and min(input_shape) >= 0 and max(input_shape) <= _INT32_MAX):
+        return None
+    if type(grad_output) is not np.ndarray or not grad_output.flags.c_contiguous:
+        return None
+    dtype = grad_output.dtype
+    if not (dtype is _FLOAT32 or dtype is _FLOAT64):
+        return None
+    if n_images * channels * height * width * dtype.itemsize > sys.maxsize:
+        return None  # kernel_out's MemoryError
+    if not needs_input:
+        input = None  # not checked (nor used) by the full path either
+    elif not (type(input) is np.ndarray and input.dtype is dtype
+              and input.shape == input_shape and input.flags.c_contiguous):
+        return None
+    pooled = _common_pooled(output_size)
+    if pooled is None or not _common_scale(spatial_scale, dtype):
+        return None
+    split = _common_boxes(boxes, n_images, dtype)
+    if split is None:
+        return None
+    batch_index, coords = split
+    if grad_output.shape != output_shape(len(coords), channels, pooled, layout):
+        return None
+    return grad_output, pooled, spatial_scale, batch_index, coords, input
