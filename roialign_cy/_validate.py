@@ -24,11 +24,6 @@ _INTP = np.dtype(np.intp)
 # spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
 _FLOAT32_SCALE_LOW = float(np.finfo(np.float32).smallest_subnormal) / 2
 _FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
-# _boxes.split_rows specialized per (rows dtype, coords dtype), picked here: Cython's run-time
-# dispatch over two fused arguments costs about as much as checking the rows of a small call.
-_C_TYPES = {_FLOAT32: "float", _FLOAT64: "double"}
-_SPLIT_ROWS = {(rows, coords): _boxes.split_rows[_C_TYPES[rows], _C_TYPES[coords]]
-               for rows in _C_TYPES for coords in _C_TYPES}
 
 
 def check_layout(layout):
@@ -159,9 +154,7 @@ def _as_real_array(value, name):
 
 def _split_rows(rows, n_images, dtype, name):
     """(batch_index, coords) from C-contiguous float32/64 (K, 5) rows; raise naming a bad row."""
-    batch_index = np.empty(len(rows), dtype=np.intp)
-    coords = np.empty((len(rows), 4), dtype=dtype)
-    row, problem = _SPLIT_ROWS[rows.dtype, dtype](rows, n_images, batch_index, coords)
+    batch_index, coords, row, problem = _boxes.split_rows(rows, n_images, dtype)
     if row < 0:
         return batch_index, coords
     values = rows[row].tolist()
@@ -383,9 +376,7 @@ def _common_boxes(boxes, n_images, dtype):
         return None
     if not boxes.flags.c_contiguous:
         return None
-    batch_index = np.empty(n_rois, dtype=np.intp)
-    coords = np.empty((n_rois, 4), dtype=dtype)
-    row, _ = _SPLIT_ROWS[box_dtype, dtype](boxes, n_images, batch_index, coords)
+    batch_index, coords, row, _ = _boxes.split_rows(boxes, n_images, dtype)
     return (batch_index, coords) if row < 0 else None
 
 
