@@ -106,8 +106,15 @@ def make_ours(wl, op, direction, layout, n_threads, out=None):
         return call
     grad = wl.grad_output(layout)
     function = roialign_cy.roi_pool_backward
-    # Max-pool backward finds the maxima again from the features: the third argument is
-    # the features themselves (or, in a shape-taking variant, their shape plus input=).
+    # Max-pool backward needs the maxima: like torchvision's, it is handed the arg-max its
+    # forward recorded (computed here, outside the timing) when this build accepts it;
+    # otherwise it finds them again from the features. The third argument is the features
+    # themselves (or, in a shape-taking variant, their shape plus input=).
+    if "argmax" in _accepted_kwargs(function, {"argmax": None}):
+        forward_kwargs = _accepted_kwargs(roialign_cy.roi_pool, {**extra, "return_argmax": True})
+        forward_kwargs.pop("out", None)
+        _, extra["argmax"] = roialign_cy.roi_pool(features, wl.boxes, wl.output_size,
+                                                  wl.spatial_scale, **forward_kwargs)
     third = _third_parameter(function)
     kwargs = _accepted_kwargs(function, {**extra, "input": features})
     first_args = (grad, wl.boxes, features if third == "input" else wl.input_shape(layout))

@@ -306,9 +306,9 @@ def render(env, workloads, cases, memory, options):
         "`torch.set_num_threads(n)` (its CPU RoIAlign/RoIPool kernels are serial anyway); ONNX "
         "Runtime: one-node opset-16 model, `intra_op_num_threads=n`; roialign_cy: "
         "`num_threads=n`.",
-        "- roi_pool backward: torchvision receives the argmax from its forward (computed "
-        "outside the timing); roialign_cy's `roi_pool_backward` takes the features and finds "
-        "the maxima again inside the timed call.",
+        "- roi_pool backward: both torchvision and roialign_cy receive the arg-max indices "
+        "their own forward recorded (computed outside the timing; roialign_cy's "
+        "`roi_pool(..., return_argmax=True)` and `roi_pool_backward(..., argmax=)`).",
         "",
     ]
     sections = []

@@ -278,9 +278,10 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
     -------
     ndarray
         ``(K, C, PH, PW)`` for NCHW or ``(K, PH, PW, C)`` for NHWC, the dtype of `input`.
-    argmax : ndarray of int64, only with ``return_argmax=True``
+    argmax : ndarray of int32, only with ``return_argmax=True``
         Same shape: the pixel index ``y * W + x`` of each output element's maximum within
-        its channel of its image, -1 for an empty bin (torchvision's convention).
+        its channel of its image, -1 for an empty bin (torchvision's convention and dtype;
+        so ``H * W`` must stay below 2**31).
 
     Raises
     ------
@@ -297,7 +298,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
            [ 9., 10.]], dtype=float32)
     """
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
-    argmax = np.empty(call.result.shape, np.int64) if return_argmax else None
+    argmax = None
+    if return_argmax:
+        height, width = v.map_size(call.features.shape, v.check_layout(layout))
+        v.check_argmax_fits(height * width, "return_argmax")
+        argmax = np.empty(call.result.shape, np.int32)
     if call.result.size:
         with call.team as n_threads:
             done = _pool_forward_kernel(call, layout, n_threads, argmax)

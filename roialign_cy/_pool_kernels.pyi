@@ -5,7 +5,7 @@ import numpy.typing as npt
 _Float = np.float32 | np.float64
 _Array = npt.NDArray[_Float]
 _Index = npt.NDArray[np.intp]
-_ArgMax = npt.NDArray[np.int64]
+_ArgMax = npt.NDArray[np.int32]
 
 def roi_pool_forward(features: _Array, channels_last: bool, batch_index: _Index,
                      boxes: _Array, spatial_scale: float, pooled_height: int,

@@ -6,7 +6,7 @@
 from cython.parallel cimport parallel, prange
 from libc.float cimport FLT_MAX
 from libc.math cimport ceil, floor, fmax, fmin, round
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t
 from libc.stdlib cimport free, malloc
 
 from libc.string cimport memset
@@ -90,16 +90,18 @@ cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
 
 cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
                                         const Geometry* g, const PoolBins* bins,
-                                        Py_ssize_t channels, int64_t* argmax_roi) noexcept nogil:
+                                        Py_ssize_t channels, int32_t* argmax_roi) noexcept nogil:
     """Max over every bin for `channels` contiguous channels per pixel (they vectorize).
 
     `image` is channels-last with pixel stride `channels`: the features themselves, or a
     packed channel block. Unless argmax_roi is NULL, it receives (n_bins, channels) arg-max
-    pixel indices y * W + x (-1: empty bin, or no value above -FLT_MAX), torchvision's.
+    pixel indices y * W + x (-1: empty bin, or no value above -FLT_MAX), torchvision's
+    (int32, as torchvision's).
     """
-    cdef Py_ssize_t ph, pw, y, x, c, at
+    cdef Py_ssize_t ph, pw, y, x, c
+    cdef int32_t at  # the wrapper only asks for indices when H * W < 2**31
     cdef floating* row
-    cdef int64_t* arg_row
+    cdef int32_t* arg_row
     cdef const floating* pixel
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
@@ -125,8 +127,8 @@ cdef inline void max_pool_channels_last(const floating* image, floating* out_roi
                 arg_row[c] = -1
             for y in range(bins.y_start[ph], bins.y_end[ph]):
                 for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    at = y * g.width + x
-                    pixel = image + at * channels
+                    at = <int32_t>(y * g.width + x)
+                    pixel = image + <Py_ssize_t>at * channels
                     for c in range(channels):
                         arg_row[c] = at if pixel[c] > row[c] else arg_row[c]
                         row[c] = pixel[c] if pixel[c] > row[c] else row[c]
@@ -169,7 +171,7 @@ cdef inline void unpool_max_channels_last(floating* grad_image, const floating* 
 
 
 cdef inline void max_pool_plane(const floating* plane, floating* out_plane,
-                                int64_t* argmax_plane, const Geometry* g,
+                                int32_t* argmax_plane, const Geometry* g,
                                 const PoolBins* bins) noexcept nogil:
     """Max over every bin of one channel plane (channels-first layout), and unless
     argmax_plane is NULL each bin's arg-max pixel index (-1 if none)."""
@@ -180,7 +182,7 @@ cdef inline void max_pool_plane(const floating* plane, floating* out_plane,
             at = argmax_in_bin(plane, g, bins, ph, pw, &best)
             out_plane[ph * g.pooled_w + pw] = best
             if argmax_plane != NULL:
-                argmax_plane[ph * g.pooled_w + pw] = at  # y * W + x: row stride W, column 1
+                argmax_plane[ph * g.pooled_w + pw] = <int32_t>at  # y * W + x (strides W, 1)
 
 
 cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bins,
@@ -196,7 +198,7 @@ cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bin
                 grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
 
 
-cdef inline void unpack_roi_argmax(const int64_t* pooled_at, int64_t* argmax_roi,
+cdef inline void unpack_roi_argmax(const int32_t* pooled_at, int32_t* argmax_roi,
                                    const Geometry* g, Py_ssize_t c0, Py_ssize_t n_channels,
                                    Py_ssize_t block) noexcept nogil:
     """unpack_roi for arg-max indices: (n_bins, block) to the RoI's channels [c0, c0 + n)."""
@@ -211,7 +213,7 @@ def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
                      const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
                      double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                      floating[:, :, :, ::1] out, int n_threads,
-                     int64_t[:, :, :, ::1] argmax=None):
+                     int32_t[:, :, :, ::1] argmax=None):
     """RoIPool forward into `out`, RoIs spread over threads. False when out of memory.
 
     Unless argmax is None, it receives each output element's arg-max pixel index y * W + x
@@ -226,8 +228,8 @@ def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef floating scale = <floating>spatial_scale
     cdef const floating* image
     cdef floating* out_roi
-    cdef int64_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
-    cdef int64_t* argmax_roi
+    cdef int32_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
+    cdef int32_t* argmax_roi
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         bins = bins_new(pooled_height, pooled_width)
@@ -309,7 +311,7 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
 
 
 def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint channels_last,
-                             const int64_t[:, :, :, ::1] argmax,
+                             const int32_t[:, :, :, ::1] argmax,
                              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                              floating[:, :, :, ::1] grad_input, Py_ssize_t channel_blocks,
@@ -318,7 +320,7 @@ def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint chan
 
     Each output element's gradient goes to pixel argmax (y * W + x) of its channel, none
     when -1; the wrapper has checked every index is in [-1, H * W). Work items are (image,
-    channel block), RoIs ascending, then bins: torchvision's order for every element,
+    channel block); every element sums its RoIs ascending, then bins: torchvision's order,
     deterministic, no atomics.
     """
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
@@ -327,7 +329,7 @@ def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint chan
     cdef Py_ssize_t n_bins = pooled_height * pooled_width
     cdef Py_ssize_t item, b, block, j, k, c, c0, c1, bin, at, element
     cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
-    cdef const int64_t* argmax_base = &argmax[0, 0, 0, 0]
+    cdef const int32_t* argmax_base = &argmax[0, 0, 0, 0]
     cdef floating* grad_base = &grad_input[0, 0, 0, 0]
     cdef floating* grad_image
 
@@ -338,14 +340,26 @@ def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint chan
             c0 = block * g.channels // channel_blocks
             c1 = (block + 1) * g.channels // channel_blocks
             grad_image = grad_base + b * g.image_stride
-            for j in range(image_first[b], image_first[b + 1]):
-                k = roi_order[j]
-                for c in range(c0, c1):
+            if channels_last:  # RoIs, bins, then the contiguous channels
+                for j in range(image_first[b], image_first[b + 1]):
+                    k = roi_order[j]
                     for bin in range(n_bins):
-                        element = k * g.out_roi_stride + c * g.out_channel_stride + bin * g.out_bin_stride
-                        at = <Py_ssize_t>argmax_base[element]
+                        element = k * g.out_roi_stride + bin * g.out_bin_stride
+                        for c in range(c0, c1):
+                            at = <Py_ssize_t>argmax_base[element + c]
+                            if at >= 0:
+                                grad_image[at * g.col_stride + c] += grad_out[element + c]
+                continue
+            # Channels-first: one channel plane at a time, so it stays in cache while every
+            # RoI of the image scatters into it (each element still sums RoIs, then bins).
+            for c in range(c0, c1):
+                for j in range(image_first[b], image_first[b + 1]):
+                    k = roi_order[j]
+                    element = k * g.out_roi_stride + c * g.out_channel_stride
+                    for bin in range(n_bins):
+                        at = <Py_ssize_t>argmax_base[element + bin]
                         if at >= 0:
-                            grad_image[at * g.col_stride + c * g.channel_stride] += grad_out[element]
+                            grad_image[at + c * g.channel_stride] += grad_out[element + bin]
     return True
 
 
@@ -354,7 +368,7 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
                              const Py_ssize_t[::1] image_first, double spatial_scale,
                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                              floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads,
-                             int64_t[:, :, :, ::1] argmax=None):
+                             int32_t[:, :, :, ::1] argmax=None):
     """RoIPool forward for many RoIs per image: work items are (image, channel block).
 
     Like roi_align_forward_blocked: pools all the image's RoIs from a packed, cache-resident
@@ -370,20 +384,20 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
     cdef PoolBins* bins = NULL
     cdef floating* packed = NULL
     cdef floating* pooled = NULL
-    cdef int64_t* pooled_at = NULL
+    cdef int32_t* pooled_at = NULL
     cdef int failed = 0
     cdef int* failed_flag = &failed
     cdef floating scale = <floating>spatial_scale
     cdef const floating* image = &features[0, 0, 0, 0]
     cdef floating* out_base = &out[0, 0, 0, 0]
-    cdef int64_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
+    cdef int32_t* argmax_base = &argmax[0, 0, 0, 0] if argmax is not None else NULL
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         bins = bins_new(pooled_height, pooled_width)
         packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
         pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
         if argmax_base != NULL:
-            pooled_at = <int64_t*>malloc(pooled_height * pooled_width * block * sizeof(int64_t))
+            pooled_at = <int32_t*>malloc(pooled_height * pooled_width * block * sizeof(int32_t))
         if bins == NULL or packed == NULL or pooled == NULL or (argmax_base != NULL
                                                                 and pooled_at == NULL):
             failed_flag[0] = 1

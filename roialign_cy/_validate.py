@@ -299,9 +299,17 @@ def check_matching_input(input, shape, dtype, name="input"):
     return np.ascontiguousarray(features.reshape(shape), dtype=dtype)
 
 
+def check_argmax_fits(n_pixels, name):
+    """Arg-max indices are int32, as torchvision's: refuse a map they cannot index."""
+    if n_pixels > _INT32_MAX:
+        raise ValueError(f"{name}: arg-max indices are int32 (as torchvision's), so the "
+                         f"feature map may have at most {_INT32_MAX} pixels, got {n_pixels}")
+
+
 def check_argmax(argmax, grad_shape, n_pixels):
-    """Return roi_pool's arg-max indices as C-contiguous int64 of grad_shape, each checked to
+    """Return roi_pool's arg-max indices as C-contiguous int32 of grad_shape, each checked to
     lie in [-1, n_pixels): the backward writes where they point."""
+    check_argmax_fits(n_pixels, "argmax")
     indices = np.asarray(argmax)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"argmax must hold integers (the second result of roi_pool(..., "
@@ -315,7 +323,7 @@ def check_argmax(argmax, grad_shape, n_pixels):
             bad = low if low < -1 else high
             raise ValueError(f"argmax holds {bad}, outside [-1, {n_pixels}): indices are "
                              f"y * W + x within a feature map of {n_pixels} pixels, or -1")
-    return np.ascontiguousarray(indices, dtype=np.int64)
+    return np.ascontiguousarray(indices, dtype=np.int32)
 
 
 def output_shape(n_rois, channels, pooled, layout):

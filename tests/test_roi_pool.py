@@ -366,7 +366,7 @@ def test_argmax_matches_torchvision(name, layout, blocked, monkeypatch):
     size, scale = tuple(params["output_size"]), params["spatial_scale"]
     pooled, argmax = roi_pool(to_layout(data["input"], layout), data["boxes"], size, scale,
                               layout=layout, return_argmax=True)
-    assert argmax.dtype == np.int64 and argmax.shape == pooled.shape
+    assert argmax.dtype == np.int32 and argmax.shape == pooled.shape
     np.testing.assert_array_equal(argmax_to_nchw(argmax, layout), data["argmax"])
     np.testing.assert_array_equal(to_nchw(pooled, layout), data["output"])
 
@@ -430,6 +430,17 @@ def test_bad_argmax_is_refused(argmax, error, message):
     with pytest.raises(error, match=message):
         roi_pool_backward(np.ones((1, 1, 1, 1), np.float32), np.array([[0, 0, 0, 2, 2]]),
                           features, 1, argmax=argmax)
+
+
+def test_argmax_needs_a_map_int32_can_index():
+    """Indices are int32 like torchvision's: a map of 2**31 pixels or more is refused
+    (checked from the shape alone: a broadcast view, nothing allocated)."""
+    huge = np.broadcast_to(np.float32(0), (1, 1, 46341, 46341))
+    with pytest.raises(ValueError, match="return_argmax: arg-max indices are int32"):
+        roi_pool(huge, np.array([[0, 0, 0, 2, 2]]), 1, return_argmax=True)
+    with pytest.raises(ValueError, match="argmax: arg-max indices are int32"):
+        roi_pool_backward(np.ones((1, 1, 1, 1), np.float32), np.array([[0, 0, 0, 2, 2]]), huge,
+                          1, argmax=np.zeros((1, 1, 1, 1), np.int32))
 
 
 def test_argmax_index_is_within_the_channel_of_its_image():
