@@ -200,3 +200,31 @@ def test_common_path_refuses_odd_forms(dtype, variant, monkeypatch):
     monkeypatch.setattr(_validate, "common_forward", spy)
     _call(roi_align, variant, dtype)
     assert seen in ([], [None])
+
+
+@pytest.mark.parametrize("n_rois, n_images", [(0, 1), (1, 1), (7, 3), (500, 4), (3, 9)])
+def test_group_by_image_is_a_stable_sort(n_rois, n_images):
+    """The compiled counting sort equals argsort(kind="stable") + searchsorted."""
+    from roialign_cy import _strategy
+
+    batch_index = np.random.default_rng(n_rois).integers(0, n_images, n_rois).astype(np.intp)
+    roi_order, image_first = _strategy.rois_by_image(batch_index, n_images)
+    expected_order = np.argsort(batch_index, kind="stable")
+    assert roi_order.dtype == image_first.dtype == np.intp
+    np.testing.assert_array_equal(roi_order, expected_order)
+    np.testing.assert_array_equal(
+        image_first, np.searchsorted(batch_index[expected_order], np.arange(n_images + 1)))
+
+
+@pytest.mark.parametrize("rows", [
+    _boxes().astype(np.int64), _boxes().astype(np.int32), _byteswapped(_boxes()),
+    np.asfortranarray(_boxes()), _boxes()[:, :4], _boxes()[::2],
+], ids=["int64", "int32", "byteswapped", "fortran", "k4", "strided"])
+def test_split_rows_refuses_what_it_cannot_read(rows):
+    """_boxes reads raw pointers: any array the wrappers should never pass is refused."""
+    from roialign_cy import _boxes as boxes_module
+
+    with pytest.raises(ValueError):
+        boxes_module.split_rows(rows, N, np.dtype(np.float32))
+    with pytest.raises(ValueError):
+        boxes_module.group_by_image(rows, N)
