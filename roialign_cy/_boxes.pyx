@@ -1,5 +1,6 @@
-# Box rows checked and converted in one compiled pass: the Python wrapper calls this on
-# every call, so it must cost microseconds, not a dozen NumPy reductions.
+# Box rows checked and converted in one compiled pass (and roi_pool's arg-max indices checked):
+# the Python wrapper calls this on every call, so it must cost microseconds, not a dozen
+# NumPy reductions.
 #
 # Unlike the kernels, these functions take their arrays through the plain buffer protocol,
 # not typed memoryviews: for the few-element arrays of a small call, a memoryview (a Python
@@ -175,3 +176,27 @@ def group_by_image(batch_index, Py_ssize_t n_images):
     finally:
         PyBuffer_Release(&index_view)
     return roi_order, image_first
+
+
+def all_within(indices, int low, int high):
+    """Whether every element of a C-contiguous int32 array lies in [low, high).
+
+    One pass, where NumPy's min() and max() cost ~1.5 us each on a small array.
+    """
+    cdef Py_buffer view
+    cdef const int* values
+    cdef Py_ssize_t i
+    cdef bint inside = True
+    get_buffer(indices, &view, PyBUF_FORMAT, indices.size, sizeof(int))
+    try:
+        if view.format[0] != b"i" or view.format[1] != 0:
+            raise ValueError(f"internal error: indices of format {view.format!r}")
+        values = <const int*>view.buf
+        with nogil:
+            for i in range(view.len // sizeof(int)):
+                if values[i] < low or values[i] >= high:
+                    inside = False
+                    break
+    finally:
+        PyBuffer_Release(&view)
+    return inside

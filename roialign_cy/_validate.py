@@ -20,7 +20,7 @@ MODES = ("avg", "max")
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
-_INTP = np.dtype(np.intp)
+_INT32 = np.dtype(np.int32)
 # spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
 _FLOAT32_SCALE_LOW = float(np.finfo(np.float32).smallest_subnormal) / 2
 _FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
@@ -317,7 +317,8 @@ def check_argmax(argmax, grad_shape, n_pixels):
     if indices.shape != tuple(grad_shape):
         raise ValueError(f"argmax must have grad_output's shape {tuple(grad_shape)}, "
                          f"got {indices.shape}")
-    if indices.size:
+    if indices.size and not (indices.dtype is _INT32 and indices.flags.c_contiguous
+                             and _boxes.all_within(indices, -1, n_pixels)):
         low, high = indices.min(), indices.max()
         if low < -1 or high >= n_pixels:
             bad = low if low < -1 else high

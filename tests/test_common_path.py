@@ -228,3 +228,20 @@ def test_split_rows_refuses_what_it_cannot_read(rows):
         boxes_module.split_rows(rows, N, np.dtype(np.float32))
     with pytest.raises(ValueError):
         boxes_module.group_by_image(rows, N)
+
+
+@pytest.mark.parametrize("values", [[-1, 0, 24], [-2, 0, 3], [0, 25, 3], [-1, -1, -1], []])
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, ">i4"])
+def test_argmax_range_check(values, dtype):
+    """The compiled one-pass range check of int32 indices decides as NumPy's min() and max()."""
+    from roialign_cy import _boxes as boxes_module
+
+    indices = np.array(values, dtype=dtype)
+    inside = all(-1 <= value < 25 for value in values)
+    if indices.dtype == np.int32 and indices.dtype.isnative:
+        assert boxes_module.all_within(indices, -1, 25) == inside
+    if inside:
+        _validate.check_argmax(indices, indices.shape, 25)
+    else:
+        with pytest.raises(ValueError, match="outside"):
+            _validate.check_argmax(indices, indices.shape, 25)
