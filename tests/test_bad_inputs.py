@@ -351,12 +351,13 @@ def _param(case):
 @pytest.fixture
 def tripwired_kernels(monkeypatch):
     """Replace every compiled entry point by a tripwire: validation must stop the call first."""
-    from roialign_cy import _kernels, _pool_kernels
+    from roialign_cy import _kernels, _pool_kernels, _simd
 
     def tripwire(*args, **kwargs):
         raise AssertionError("a kernel ran before the bad input was refused")
 
-    for module in (_kernels, _pool_kernels):
+    # Every build of the kernels: _simd may have picked the AVX2 one.
+    for module in {_kernels, _pool_kernels, _simd.kernels, _simd.pool_kernels}:
         for attr in dir(module):
             if attr.startswith("roi_") and callable(getattr(module, attr)):
                 monkeypatch.setattr(module, attr, tripwire)
