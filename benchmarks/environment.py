@@ -72,6 +72,7 @@ def describe():
         "roialign_cy": config["version"],
         "openmp": config["openmp"],
         "omp_max_threads": config["max_threads"],
+        "simd": config.get("simd", "?"),
         "load_start": load_average(),
     }
     info.update(peers.versions())

@@ -215,7 +215,8 @@ def environment_table(env):
         ("Python", env["python"]),
         ("NumPy", env["numpy"]),
         ("roialign_cy", f"{env['roialign_cy']}, OpenMP {openmp}, "
-                        f"omp_get_max_threads() = {env['omp_max_threads']}"),
+                        f"omp_get_max_threads() = {env['omp_max_threads']}, "
+                        f"kernels: {env.get('simd', '?')} build"),
         ("torch / torchvision", f"{version('torch')} / {version('torchvision')}"),
         ("onnxruntime / onnx", f"{version('onnxruntime')} / {version('onnx')}"),
         ("matplotlib", version("matplotlib")),
