@@ -122,12 +122,12 @@ def _align_forward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_thr
     shape = call.features.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.features.itemsize):
-        return _simd.kernels.roi_align_forward(
+        return _simd.align("roi_align_forward", call.features.dtype)(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, sampling_ratio, aligned, max_mode, call.result, n_threads,
         )
     roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
-    return _simd.kernels.roi_align_forward_blocked(
+    return _simd.align("roi_align_forward_blocked", call.features.dtype)(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, sampling_ratio, aligned, max_mode, call.result,
         strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
@@ -241,13 +241,13 @@ def _align_backward_kernel(call, layout, sampling_ratio, aligned, max_mode, n_th
     shape = call.kernel_result.shape
     if not max_mode and strategy.use_channel_blocks(shape, len(call.coords), call.pooled,
                                                      layout, call.kernel_result.itemsize):
-        return _simd.kernels.roi_align_backward_blocked(
+        return _simd.align("roi_align_backward_blocked", call.kernel_result.dtype)(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, sampling_ratio, aligned, call.kernel_result,
             strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads),
             n_threads,
         )
-    return _simd.kernels.roi_align_backward(
+    return _simd.align("roi_align_backward", call.kernel_result.dtype)(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, sampling_ratio, aligned, max_mode, call.features,
         call.kernel_result, strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)),
@@ -372,17 +372,17 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
 def _pool_forward_kernel(call, layout, n_threads, argmax):
     """Run the RoIPool forward kernel that suits the call: channel blocks when RoIs are many.
 
-    argmax: None, or an int64 array shaped like the result that receives the arg-max indices.
+    argmax: None, or an int32 array shaped like the result that receives the arg-max indices.
     """
     shape = call.features.shape
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.features.itemsize):
-        return _simd.pool_kernels.roi_pool_forward(
+        return _simd.pool("roi_pool_forward", call.features.dtype)(
             call.features, call.channels_last, call.batch_index, call.coords, call.scale,
             *call.pooled, call.result, n_threads, argmax,
         )
     roi_order, image_first = strategy.rois_by_image(call.batch_index, shape[0])
-    return _simd.pool_kernels.roi_pool_forward_blocked(
+    return _simd.pool("roi_pool_forward_blocked", call.features.dtype)(
         call.features, call.channels_last, call.coords, roi_order, image_first, call.scale,
         *call.pooled, call.result,
         strategy.packed_block_size(shape, layout, call.features.itemsize, n_threads), n_threads,
@@ -395,19 +395,19 @@ def _pool_backward_kernel(call, layout, n_threads, argmax):
     when given, else channel blocks when RoIs are many, else per RoI."""
     shape = call.kernel_result.shape
     if argmax is not None:
-        return _simd.pool_kernels.roi_pool_backward_argmax(
+        return _simd.pool("roi_pool_backward_argmax", call.kernel_result.dtype)(
             call.grad, call.channels_last, argmax, call.roi_order, call.image_first,
             *call.pooled, call.kernel_result,
             strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
         )
     if not strategy.use_channel_blocks(shape, len(call.coords), call.pooled, layout,
                                        call.kernel_result.itemsize):
-        return _simd.pool_kernels.roi_pool_backward(
+        return _simd.pool("roi_pool_backward", call.kernel_result.dtype)(
             call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
             call.scale, *call.pooled, call.features, call.kernel_result,
             strategy.channel_blocks(n_threads, shape[0], v.channels_of(shape, layout)), n_threads,
         )
-    return _simd.pool_kernels.roi_pool_backward_blocked(
+    return _simd.pool("roi_pool_backward_blocked", call.kernel_result.dtype)(
         call.grad, call.channels_last, call.coords, call.roi_order, call.image_first,
         call.scale, *call.pooled, call.features, call.kernel_result,
         strategy.packed_block_size(shape, layout, call.kernel_result.itemsize, n_threads, n_buffers=2),

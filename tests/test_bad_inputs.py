@@ -353,8 +353,16 @@ def tripwired_kernels(monkeypatch):
     """Replace every compiled entry point by a tripwire: validation must stop the call first."""
     from roialign_cy import _kernels, _pool_kernels, _simd
 
-    def tripwire(*args, **kwargs):
-        raise AssertionError("a kernel ran before the bad input was refused")
+    class Tripwire:
+        """Stands for a fused kernel: indexing it (a specialization) gives itself back."""
+
+        def __call__(self, *args, **kwargs):
+            raise AssertionError("a kernel ran before the bad input was refused")
+
+        def __getitem__(self, signature):
+            return self
+
+    tripwire = Tripwire()
 
     # Every build of the kernels: _simd may have picked the AVX2 one.
     for module in {_kernels, _pool_kernels, _simd.kernels, _simd.pool_kernels}:
@@ -461,3 +469,15 @@ def test_box_overflow_check_is_silent():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="boxes row 1"):
             roi_align(features(), bad_row(1e39, 3)(None), PH)
+
+
+def test_the_tripwire_trips(tripwired_kernels):
+    """The guard itself: a valid call does reach the (tripwired) kernels, whichever build
+    _simd picked, so a bad input that slipped through validation would be caught above."""
+    features = np.ones((1, 1, 4, 4), np.float32)
+    boxes = np.array([[0, 0.0, 0.0, 2.0, 2.0]])
+    with pytest.raises(AssertionError, match="a kernel ran"):
+        roi_align(features, boxes, 2)
+    with pytest.raises(AssertionError, match="a kernel ran"):
+        roi_pool_backward(np.ones((1, 1, 1, 1), np.float32), boxes, features, 1,
+                          argmax=np.zeros((1, 1, 1, 1), np.int32))
