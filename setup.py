@@ -42,15 +42,20 @@ OPENMP_PROBE = textwrap.dedent(
 )
 
 
-def compiles(compiler, source_text, compile_args):
-    """Whether this compiler builds source_text with compile_args."""
+def builds(compiler, source_text, compile_args, link_args=None):
+    """Whether this compiler compiles source_text with compile_args (and, given link_args,
+    links it into a program)."""
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "probe.c")
         with open(source, "w") as f:
             f.write(source_text)
         try:
-            compiler.compile([source], output_dir=tmp, extra_postargs=compile_args)
-        except Exception:  # any compile failure means: not with these flags
+            objects = compiler.compile([source], output_dir=tmp, extra_postargs=compile_args)
+            if link_args is not None:
+                compiler.link_executable(
+                    objects, os.path.join(tmp, "probe"), extra_postargs=link_args
+                )
+        except Exception:  # any compile or link failure means: not with these flags
             return False
     return True
 
@@ -61,7 +66,7 @@ def avx2_wanted(compiler):
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    return compiles(compiler, "int main(void) { return 0; }\n", AVX2_FLAGS)
+    return builds(compiler, "int main(void) { return 0; }\n", AVX2_FLAGS)
 
 
 def openmp_flags(compiler):
@@ -73,23 +78,13 @@ def openmp_flags(compiler):
     else:
         candidates = [(["-fopenmp"], ["-fopenmp"])]
     for compile_args, link_args in candidates:
-        with tempfile.TemporaryDirectory() as tmp:
-            source = os.path.join(tmp, "probe.c")
-            with open(source, "w") as f:
-                f.write(OPENMP_PROBE)
-            try:
-                objects = compiler.compile([source], output_dir=tmp, extra_postargs=compile_args)
-                compiler.link_executable(
-                    objects, os.path.join(tmp, "probe"), extra_postargs=link_args
-                )
-            except Exception:  # any compile or link failure means: no OpenMP here
-                continue
-        return compile_args, link_args
+        if builds(compiler, OPENMP_PROBE, compile_args, link_args):
+            return compile_args, link_args
     return None
 
 
 class BuildWithOpenMP(build_ext):
-    """build_ext that adds OpenMP flags when the real compiler supports them."""
+    """build_ext that adds OpenMP flags, and builds the AVX2 twins, where the real compiler can."""
 
     def build_extensions(self):
         flags = None if NO_OPENMP else openmp_flags(self.compiler)

@@ -31,15 +31,15 @@ def _select():
 name, kernels, pool_kernels = _select()
 
 
-def align(name, dtype):
-    """kernels.<name> specialized for float32 or float64 `dtype`.
+def align(function, dtype):
+    """kernels.<function> specialized for float32 or float64 `dtype`.
 
     Indexing the fused function once skips Cython's dispatch, which inspects every array
     argument on each call (about 0.5 us of a 10 us call).
     """
-    return getattr(kernels, name)[_C_TYPES[dtype]]
+    return getattr(kernels, function)[_C_TYPES[dtype]]
 
 
-def pool(name, dtype):
-    """pool_kernels.<name> specialized for float32 or float64 `dtype` (see align)."""
-    return getattr(pool_kernels, name)[_C_TYPES[dtype]]
+def pool(function, dtype):
+    """pool_kernels.<function> specialized for float32 or float64 `dtype` (see align)."""
+    return getattr(pool_kernels, function)[_C_TYPES[dtype]]
