@@ -7,8 +7,16 @@
 # (a multiple of BLOCK_QUANTUM) so that the buffer fits in cache: small maps get all their
 # channels in one block, so each RoI's sample table is built once.
 
+from libc.stdint cimport int32_t
+
 from roialign_cy._bilinear cimport floating
 from roialign_cy._geometry cimport Geometry
+
+ctypedef fused pooled_value:
+    # What a pooled block holds: values of the features' type, or roi_pool's arg-max indices.
+    float
+    double
+    int32_t
 
 cdef enum:
     PACK_TILE = 256   # pixels per tile while transposing planes (the tile stays in L1)
@@ -67,8 +75,8 @@ cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t
         tile = tile_end
 
 
-cdef inline void unpack_roi(const floating* pooled, floating* out_roi, const Geometry* g,
-                            Py_ssize_t c0, Py_ssize_t n_channels,
+cdef inline void unpack_roi(const pooled_value* pooled, pooled_value* out_roi,
+                            const Geometry* g, Py_ssize_t c0, Py_ssize_t n_channels,
                             Py_ssize_t block) noexcept nogil:
     """Write one RoI's pooled block (n_bins, block) to its channels [c0, c0 + n_channels).
 
@@ -76,7 +84,7 @@ cdef inline void unpack_roi(const floating* pooled, floating* out_roi, const Geo
     """
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef floating* out_channel
+    cdef pooled_value* out_channel
     for c in range(n_channels):
         out_channel = out_roi + (c0 + c) * g.out_channel_stride
         for b in range(n_bins):

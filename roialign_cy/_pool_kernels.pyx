@@ -198,17 +198,6 @@ cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bin
                 grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
 
 
-cdef inline void unpack_roi_argmax(const int32_t* pooled_at, int32_t* argmax_roi,
-                                   const Geometry* g, Py_ssize_t c0, Py_ssize_t n_channels,
-                                   Py_ssize_t block) noexcept nogil:
-    """unpack_roi for arg-max indices: (n_bins, block) to the RoI's channels [c0, c0 + n)."""
-    cdef Py_ssize_t b, c
-    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    for c in range(n_channels):
-        for b in range(n_bins):
-            argmax_roi[(c0 + c) * g.out_channel_stride + b * g.out_bin_stride] = pooled_at[b * block + c]
-
-
 def roi_pool_forward(const floating[:, :, :, ::1] features, bint channels_last,
                      const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
                      double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
@@ -413,8 +402,8 @@ def roi_pool_forward_blocked(const floating[:, :, :, ::1] features, bint channel
                 max_pool_channels_last(packed, pooled, &g, bins, block, pooled_at)
                 unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
                 if argmax_base != NULL:
-                    unpack_roi_argmax(pooled_at, argmax_base + k * g.out_roi_stride, &g, c0,
-                                      n_channels, block)
+                    unpack_roi(pooled_at, argmax_base + k * g.out_roi_stride, &g, c0,
+                               n_channels, block)
         free(bins)
         free(packed)
         free(pooled)
