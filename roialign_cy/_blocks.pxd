@@ -12,6 +12,36 @@ from libc.stdint cimport int32_t
 from roialign_cy._bilinear cimport floating
 from roialign_cy._geometry cimport Geometry
 
+cdef extern from *:
+    """
+    /* A 4 x 4 float32 transpose: src rows at src_stride, dst rows at dst_stride. */
+    #if defined(__SSE2__) || defined(_M_X64)
+    #include <xmmintrin.h>
+    static inline void roialign_transpose4(const float* src, Py_ssize_t src_stride,
+                                           float* dst, Py_ssize_t dst_stride) {
+        __m128 r0 = _mm_loadu_ps(src);
+        __m128 r1 = _mm_loadu_ps(src + src_stride);
+        __m128 r2 = _mm_loadu_ps(src + 2 * src_stride);
+        __m128 r3 = _mm_loadu_ps(src + 3 * src_stride);
+        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+        _mm_storeu_ps(dst, r0);
+        _mm_storeu_ps(dst + dst_stride, r1);
+        _mm_storeu_ps(dst + 2 * dst_stride, r2);
+        _mm_storeu_ps(dst + 3 * dst_stride, r3);
+    }
+    #else
+    static inline void roialign_transpose4(const float* src, Py_ssize_t src_stride,
+                                           float* dst, Py_ssize_t dst_stride) {
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 4; j++)
+                dst[j * dst_stride + i] = src[i * src_stride + j];
+    }
+    #endif
+    """
+    void transpose4 "roialign_transpose4"(const float* src, Py_ssize_t src_stride, float* dst,
+                                          Py_ssize_t dst_stride) noexcept nogil
+
+
 ctypedef fused pooled_value:
     # What a pooled block holds: values of the features' type, or roi_pool's arg-max indices.
     float
@@ -80,14 +110,27 @@ cdef inline void unpack_roi(const pooled_value* pooled, pooled_value* out_roi,
                             Py_ssize_t block) noexcept nogil:
     """Write one RoI's pooled block (n_bins, block) to its channels [c0, c0 + n_channels).
 
-    Channel-outer, so the writes are contiguous in the channels-first output.
+    A transpose. Four-byte values (float32 results, int32 indices) go 4 x 4 tiles at a time
+    through SSE registers where the output's bins are contiguous (channels-first): a scalar
+    loop costs ~1.5 ns a value here, most of c4_head's channels-first time. The edges, and
+    float64, go one value at a time, channel-outer so the writes are contiguous.
     """
     cdef Py_ssize_t b, c
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t tiled_bins = 0
+    cdef Py_ssize_t tiled_channels = 0
     cdef pooled_value* out_channel
+    if pooled_value is not double and g.out_bin_stride == 1:
+        tiled_bins = n_bins - n_bins % 4
+        tiled_channels = n_channels - n_channels % 4
+        for c in range(0, tiled_channels, 4):
+            for b in range(0, tiled_bins, 4):
+                transpose4(<const float*>&pooled[b * block + c], block,
+                           <float*>&out_roi[(c0 + c) * g.out_channel_stride + b],
+                           g.out_channel_stride)
     for c in range(n_channels):
         out_channel = out_roi + (c0 + c) * g.out_channel_stride
-        for b in range(n_bins):
+        for b in range(tiled_bins if c < tiled_channels else 0, n_bins):
             out_channel[b * g.out_bin_stride] = pooled[b * block + c]
 
 
