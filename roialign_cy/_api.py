@@ -300,7 +300,7 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
     call = _forward_call(input, boxes, output_size, spatial_scale, layout, out, num_threads)
     argmax = None
     if return_argmax:
-        height, width = v.map_size(call.features.shape, v.check_layout(layout))
+        height, width = v.map_size(call.features.shape, layout)  # checked by _forward_call
         v.check_argmax_fits(height * width, "return_argmax")
         argmax = np.empty(call.result.shape, np.int32)
     if call.result.size:
@@ -359,7 +359,7 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
     call = _backward_call(grad_output, boxes, shape, output_size, spatial_scale, layout,
                           input, argmax is None, out, num_threads)
     if argmax is not None:
-        height, width = v.map_size(call.kernel_result.shape, v.check_layout(layout))
+        height, width = v.map_size(call.kernel_result.shape, layout)  # checked above
         argmax = v.check_argmax(argmax, call.grad.shape, height * width)
     if call.grad.size:
         with call.team as n_threads:

@@ -73,6 +73,18 @@ cdef inline BlockItem block_item(Py_ssize_t item, Py_ssize_t channels,
     return it
 
 
+cdef inline BlockItem share_item(Py_ssize_t item, Py_ssize_t channels,
+                                 Py_ssize_t n_shares) noexcept nogil:
+    """Decode work item `item` of a loop over (image, one of n_shares near-equal channel
+    shares): the split of the per-RoI backward kernels, which need no packed block."""
+    cdef BlockItem it
+    cdef Py_ssize_t share = item % n_shares
+    it.image = item // n_shares
+    it.first_channel = share * channels // n_shares
+    it.n_channels = (share + 1) * channels // n_shares - it.first_channel
+    return it
+
+
 cdef inline void transpose(const pooled_value* src, Py_ssize_t src_stride, pooled_value* dst,
                            Py_ssize_t dst_stride, Py_ssize_t rows,
                            Py_ssize_t cols) noexcept nogil:

@@ -22,6 +22,7 @@ from roialign_cy._blocks cimport (
     block_item,
     pack_block,
     pack_roi,
+    share_item,
     unpack_block,
     unpack_roi,
 )
@@ -412,7 +413,8 @@ def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_l
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     cdef Py_ssize_t n_images = grad_input.shape[0]
-    cdef Py_ssize_t item, b, block, j, k, c0, c1
+    cdef Py_ssize_t item, b, j, k, c0, c1
+    cdef BlockItem it
     cdef SampleTable* table = NULL
     cdef int failed = 0
     cdef int* failed_flag = &failed
@@ -428,10 +430,8 @@ def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_l
         for item in prange(n_images * channel_blocks, schedule='dynamic'):
             if failed_flag[0]:
                 continue
-            b = item // channel_blocks
-            block = item % channel_blocks
-            c0 = block * g.channels // channel_blocks
-            c1 = (block + 1) * g.channels // channel_blocks
+            it = share_item(item, g.channels, channel_blocks)
+            b, c0, c1 = it.image, it.first_channel, it.first_channel + it.n_channels
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
                 if not unpool_roi(grad_base + b * g.image_stride, grad_out + k * g.out_roi_stride,

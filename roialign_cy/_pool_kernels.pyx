@@ -17,6 +17,7 @@ from roialign_cy._blocks cimport (
     block_item,
     pack_block,
     pack_roi,
+    share_item,
     unpack_block,
     unpack_roi,
 )
@@ -256,7 +257,8 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, 0, False)
     cdef Py_ssize_t n_images = grad_input.shape[0]
-    cdef Py_ssize_t item, b, block, j, k, c, c0, c1
+    cdef Py_ssize_t item, b, j, k, c, c0, c1
+    cdef BlockItem it
     cdef PoolBins* bins = NULL
     cdef floating* best = NULL
     cdef Py_ssize_t* best_at = NULL
@@ -276,10 +278,8 @@ def roi_pool_backward(const floating[:, :, :, ::1] grad_output, bint channels_la
         for item in prange(n_images * channel_blocks, schedule='dynamic'):
             if failed_flag[0]:
                 continue
-            b = item // channel_blocks
-            block = item % channel_blocks
-            c0 = block * g.channels // channel_blocks
-            c1 = (block + 1) * g.channels // channel_blocks
+            it = share_item(item, g.channels, channel_blocks)
+            b, c0, c1 = it.image, it.first_channel, it.first_channel + it.n_channels
             for j in range(image_first[b], image_first[b + 1]):
                 k = roi_order[j]
                 roi_bins(bins, &boxes[k, 0], scale, &g)
@@ -316,6 +316,7 @@ def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint chan
                                     pooled_width, 0, False)
     cdef Py_ssize_t n_images = grad_input.shape[0]
     cdef Py_ssize_t n_bins = pooled_height * pooled_width
+    cdef BlockItem it
     cdef Py_ssize_t item, b, block, j, k, c, c0, c1, bin, at, element
     cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
     cdef const int32_t* argmax_base = &argmax[0, 0, 0, 0]
@@ -324,10 +325,8 @@ def roi_pool_backward_argmax(const floating[:, :, :, ::1] grad_output, bint chan
 
     with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         for item in prange(n_images * channel_blocks, schedule='dynamic'):
-            b = item // channel_blocks
-            block = item % channel_blocks
-            c0 = block * g.channels // channel_blocks
-            c1 = (block + 1) * g.channels // channel_blocks
+            it = share_item(item, g.channels, channel_blocks)
+            b, c0, c1 = it.image, it.first_channel, it.first_channel + it.n_channels
             grad_image = grad_base + b * g.image_stride
             if channels_last:  # RoIs, bins, then the contiguous channels
                 for j in range(image_first[b], image_first[b + 1]):
