@@ -1,4 +1,4 @@
-# Type stub for the compiled box-row check (private; used by _validate.py).
+# Type stub for the compiled box-row check (private; used by _args.py and _plan.py).
 import numpy as np
 import numpy.typing as npt
 

@@ -13,7 +13,7 @@ from libc.math cimport floor, isfinite
 
 import numpy as np
 
-from roialign_cy._bilinear cimport floating
+from roialign_cy._sample_table cimport floating
 
 # The dtype the rows arrive in: float32 and float64 boxes are read in place (no float64
 # copy); any other dtype is converted to float64 by the wrapper first.

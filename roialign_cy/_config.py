@@ -1,6 +1,6 @@
 """How this build of roialign_cy was compiled and how many threads it will use."""
 
-from roialign_cy import _kernels, _simd
+from roialign_cy import _dispatch, _runtime
 
 
 def show_config(print_out=True):
@@ -30,9 +30,9 @@ def show_config(print_out=True):
 
     config = {
         "version": __version__,
-        "openmp": bool(_kernels.OPENMP_ENABLED),
-        "max_threads": int(_kernels.openmp_max_threads()),
-        "simd": _simd.name,
+        "openmp": bool(_runtime.OPENMP_ENABLED),
+        "max_threads": int(_runtime.openmp_max_threads()),
+        "simd": _dispatch.SIMD,
     }
     if print_out:
         for key, value in config.items():

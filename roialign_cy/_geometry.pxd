@@ -1,8 +1,9 @@
-# Shapes and element strides of one kernel call, shared by the RoIAlign and RoIPool kernels.
+# Shapes and element strides of one kernel call, shared by every operator's kernels.
 
 cdef struct Geometry:
-    # Shapes and element strides of one call, fixed for all its RoIs.
-    Py_ssize_t channels, height, width, pooled_h, pooled_w, sampling_ratio
+    # Shapes and element strides of one call, fixed for all its RoIs. Read once, from the
+    # call's private views, before any thread starts.
+    Py_ssize_t n_images, channels, height, width, pooled_h, pooled_w, sampling_ratio
     Py_ssize_t image_stride, channel_stride, row_stride, col_stride
     Py_ssize_t out_roi_stride, out_channel_stride, out_bin_stride
     bint aligned, channels_last
@@ -13,6 +14,7 @@ cdef inline Geometry make_geometry(const Py_ssize_t* shape, bint channels_last,
                                    Py_ssize_t sampling_ratio, bint aligned) noexcept nogil:
     """Strides of a C-contiguous (N, C, H, W) or (N, H, W, C) map and its pooled output."""
     cdef Geometry g
+    g.n_images = shape[0]
     g.pooled_h, g.pooled_w, g.sampling_ratio = pooled_h, pooled_w, sampling_ratio
     g.aligned, g.channels_last = aligned, channels_last
     if channels_last:

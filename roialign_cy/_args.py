@@ -1,15 +1,20 @@
-"""Argument checking and conversion shared by every public function.
+"""The one validation path: every public call is checked here, once, into a call record.
 
 Each checker either returns the canonical form the kernels expect or raises a TypeError
 (wrong kind of object) or ValueError (right kind, bad value) whose message names the argument.
-The kernels trust these forms completely: C-contiguous in the layout, native byte order,
-float32 or float64, boxes in the features' dtype, batch indices inside [0, N).
+Its first lines are the fast route for the usual form of its argument; forward_call and
+backward_call take the same fast routes inline, so a usual call costs a handful of Python
+calls. The records hold private views of every array the kernel reads or writes: shapes and
+strides are read once, here, and nothing the caller does to its objects afterwards changes
+what the kernel sees. The kernels trust these forms completely: C-contiguous in the layout,
+native byte order, float32 or float64, boxes in the features' dtype, batch indices in [0, N).
 """
 
 import math
 import numbers
 import operator
 import sys
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -17,6 +22,9 @@ from roialign_cy import _boxes
 
 LAYOUTS = ("NCHW", "NHWC")
 MODES = ("avg", "max")
+_CHANNELS_LAST = {"NCHW": False, "NHWC": True}
+_MAX_MODE = {"avg": False, "max": True}
+_new = tuple.__new__  # builds a record without a Python-level __new__ call
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
@@ -28,16 +36,25 @@ _FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
 
 def check_layout(layout):
     """Return layout if it is "NCHW" or "NHWC"."""
-    if layout not in LAYOUTS:
+    if type(layout) is not str or layout not in LAYOUTS:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
     return layout
 
 
 def check_mode(mode):
     """Return mode if it is "avg" or "max"."""
-    if mode not in MODES:
+    if type(mode) is not str or mode not in MODES:
         raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
     return mode
+
+
+def max_mode(mode):
+    """Whether mode is "max" (True) or "avg" (False); ValueError for anything else."""
+    if type(mode) is str:
+        is_max = _MAX_MODE.get(mode)
+        if is_max is not None:
+            return is_max
+    return check_mode(mode) == "max"
 
 
 def check_int(value, name, minimum=None):
@@ -113,7 +130,8 @@ def compute_dtype(dtype, name):
 def check_features(array, layout, name="input", canonical=True):
     """Return (features as canonical 4-D, was_3d, result dtype) for a 3-D or 4-D float map.
 
-    The array is copied only when it is not already C-contiguous, native-endian float32/64;
+    The array is copied only when it is not already C-contiguous, native-endian float32/64,
+    and is otherwise returned as a private view (its shape cannot change under the kernel);
     canonical=False only checks (and returns a 4-D view, never a copy).
     """
     if type(array) is np.ndarray and array.ndim == 4:  # the common case: no conversion
@@ -122,7 +140,7 @@ def check_features(array, layout, name="input", canonical=True):
             shape = array.shape
             height, width = (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
             if height and width:
-                return array, False, dtype
+                return array.view(), False, dtype
     features = np.asarray(array)
     dtype = features.dtype
     if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case: skip the slow checks
@@ -141,7 +159,7 @@ def check_features(array, layout, name="input", canonical=True):
         raise ValueError(f"{name} has an empty feature map (H={height}, W={width})")
     if canonical:
         features = np.ascontiguousarray(features, dtype=dtype)
-    return features, was_3d, result_dtype
+    return (features.view() if features is array else features), was_3d, result_dtype
 
 
 def _as_real_array(value, name):
@@ -152,11 +170,8 @@ def _as_real_array(value, name):
     return np.ascontiguousarray(array, dtype=np.float64)
 
 
-def _split_rows(rows, n_images, dtype, name):
-    """(batch_index, coords) from C-contiguous float32/64 (K, 5) rows; raise naming a bad row."""
-    batch_index, coords, row, problem = _boxes.split_rows(rows, n_images, dtype)
-    if row < 0:
-        return batch_index, coords
+def _refuse_row(rows, row, problem, n_images, dtype, name):
+    """Raise the ValueError naming bad box row `row` and what _boxes.split_rows found."""
     values = rows[row].tolist()
     if problem == _boxes.TOO_LARGE:
         raise ValueError(
@@ -178,11 +193,14 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
     (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
     """
+    rows = None
     if type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5:
         box_dtype = boxes.dtype
         if (box_dtype is _FLOAT32 or box_dtype is _FLOAT64) and boxes.flags.c_contiguous:
-            return _split_rows(boxes, n_images, dtype, name)  # the common case: read in place
-    if isinstance(boxes, (list, tuple)):
+            rows = boxes  # the common case: read in place
+    if rows is not None:
+        pass
+    elif isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
             raise ValueError(
                 f"{name} as a list must hold one (K_i, 4) array per image: "
@@ -204,11 +222,15 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
             raise ValueError(
                 f"{name} must have shape {expected} [batch_index, x1, y1, x2, y2], got {rows.shape}"
             )
-    return _split_rows(rows, n_images, dtype, name)
+    # Private arrays, written by the compiled check: the kernel never reads the caller's rows.
+    batch_index, coords, row, problem = _boxes.split_rows(rows, n_images, dtype)
+    if row >= 0:
+        _refuse_row(rows, row, problem, n_images, dtype, name)
+    return batch_index, coords
 
 
 def check_out(out, shape, dtype, inputs):
-    """Validate a user-supplied output array; None passes through."""
+    """Return a private view of a user-supplied output array, checked; None passes through."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
@@ -222,11 +244,12 @@ def check_out(out, shape, dtype, inputs):
     for array in inputs:
         if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
             raise ValueError("out overlaps an input array")
-    return out
+    return out.view()
 
 
-def kernel_out(out, shape, compute, zeroed=False):
-    """The array the kernel writes: `out` itself when it is canonical, else a fresh array.
+def allocate(out, shape, compute, zeroed=False):
+    """The array the kernel writes: `out` (a checked private view) itself when it is
+    canonical, else a fresh array.
 
     zeroed: the kernel accumulates, so the array must start at 0.
     """
@@ -239,13 +262,16 @@ def kernel_out(out, shape, compute, zeroed=False):
     return np.zeros(shape, dtype=compute) if zeroed else np.empty(shape, dtype=compute)
 
 
-def deliver(result, out, result_dtype):
-    """Copy the kernel's result into `out` (if it was not written in place) and return it."""
-    if out is None:
-        out = result if result.dtype == result_dtype else result.astype(result_dtype)
-    elif out is not result:
-        np.copyto(out, result, casting="unsafe")
-    return out
+def deliver(call):
+    """The result of a call (ForwardCall or BackwardCall) once its kernel ran: the caller's
+    `out` (written through its private view unless the kernel wrote it in place), else the
+    kernel's array in the result dtype."""
+    result = call.result
+    if call.out is None:
+        return result if result.dtype == call.result_dtype else result.astype(call.result_dtype)
+    if call.out_view is not result:
+        np.copyto(call.out_view, result, casting="unsafe")
+    return call.out
 
 
 def check_input_shape(input_shape, layout):
@@ -276,13 +302,14 @@ def check_grad_output(grad_output, shape):
         dtype = grad_output.dtype
         if ((dtype is _FLOAT32 or dtype is _FLOAT64) and grad_output.flags.c_contiguous
                 and grad_output.shape == shape):
-            return grad_output, dtype
+            return grad_output.view(), dtype
     grad = np.asarray(grad_output)
     result_dtype = grad.dtype.newbyteorder("=")
     dtype = compute_dtype(grad.dtype, "grad_output")
     if grad.shape != tuple(shape):
         raise ValueError(f"grad_output must have shape {tuple(shape)}, got {grad.shape}")
-    return np.ascontiguousarray(grad, dtype=dtype), result_dtype
+    grad = np.ascontiguousarray(grad, dtype=dtype)
+    return (grad.view() if grad is grad_output else grad), result_dtype
 
 
 def check_matching_input(input, shape, dtype, name="input"):
@@ -291,12 +318,13 @@ def check_matching_input(input, shape, dtype, name="input"):
         raise ValueError(f"{name} is required: max pooling's gradient needs the features")
     if (type(input) is np.ndarray and input.dtype is dtype and input.shape == shape
             and input.flags.c_contiguous):
-        return input  # the common case: already canonical
+        return input.view()  # the common case: already canonical
     features = np.asarray(input)
     compute_dtype(features.dtype, name)
     if features.shape not in (shape, shape[1:]):
         raise ValueError(f"{name} must have shape {shape}, got {features.shape}")
-    return np.ascontiguousarray(features.reshape(shape), dtype=dtype)
+    features = np.ascontiguousarray(features.reshape(shape), dtype=dtype)
+    return features.view() if features is input else features
 
 
 def check_argmax_fits(n_pixels, name):
@@ -324,146 +352,125 @@ def check_argmax(argmax, grad_shape, n_pixels):
             bad = low if low < -1 else high
             raise ValueError(f"argmax holds {bad}, outside [-1, {n_pixels}): indices are "
                              f"y * W + x within a feature map of {n_pixels} pixels, or -1")
-    return np.ascontiguousarray(indices, dtype=np.int32)
+    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    return indices.view() if indices is argmax else indices
 
 
-def output_shape(n_rois, channels, pooled, layout):
-    """The pooled result's shape: (K, C, PH, PW) for NCHW, (K, PH, PW, C) for NHWC."""
+# ---- The call records ----------------------------------------------------------------------
+
+
+class ForwardCall(NamedTuple):
+    """One checked forward call (roi_align, roi_pool): private views, shapes read once."""
+
+    values: np.ndarray               # the features, (N, C, H, W) or (N, H, W, C), canonical
+    channels_last: bool
+    map_shape: Tuple[int, int, int, int]  # values.shape
+    batch_index: np.ndarray          # (K,) intp, each in [0, N)
+    coords: np.ndarray               # (K, 4) x1, y1, x2, y2 in the features' dtype
+    spatial_scale: float
+    pooled: Tuple[int, int]          # (PH, PW)
+    kernel_out: np.ndarray           # what the kernel writes, (K, C, PH, PW) or (K, PH, PW, C)
+    result: np.ndarray               # the same array, as delivered
+    out: Optional[np.ndarray]        # the caller's out=, returned as the result ...
+    out_view: Optional[np.ndarray]   # ... and written through this private view of it
+    result_dtype: np.dtype
+
+
+class BackwardCall(NamedTuple):
+    """One checked backward call: private views, shapes read once."""
+
+    values: np.ndarray               # grad_output, (K, C, PH, PW) or (K, PH, PW, C), canonical
+    channels_last: bool
+    map_shape: Tuple[int, int, int, int]  # the features' shape, 4-D
+    batch_index: np.ndarray
+    coords: np.ndarray
+    spatial_scale: float
+    pooled: Tuple[int, int]
+    features: Optional[np.ndarray]   # the forward's features (canonical), when the kernel reads them
+    kernel_out: np.ndarray           # the gradient the kernel accumulates into (zeroed), 4-D
+    result: np.ndarray               # the same memory in input_shape (3-D for one image)
+    out: Optional[np.ndarray]
+    out_view: Optional[np.ndarray]
+    result_dtype: np.dtype
+
+
+def _fresh(shape, dtype, zeroed):
+    """A new result array (allocate's path without `out`), MemoryError when too large."""
+    return allocate(None, shape, dtype, zeroed)
+
+
+def forward_call(input, boxes, output_size, spatial_scale, layout, out):
+    """Check a forward call (roi_align, roi_pool) into a ForwardCall.
+
+    Each argument's usual form takes its checker's fast route inline; any other form goes
+    through the checker, which converts it or raises naming the argument.
+    """
+    channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
+    if channels_last is None:
+        check_layout(layout)
+    features, was_3d, result_dtype = check_features(input, layout)
+    dtype = features.dtype
+    if type(output_size) is int and 0 < output_size <= _INT32_MAX:
+        pooled = (output_size, output_size)
+    else:
+        pooled = check_output_size(output_size)
+    if not (type(spatial_scale) is float and 0 < spatial_scale < math.inf):
+        spatial_scale = check_spatial_scale(spatial_scale)
+    batch_index, coords = check_boxes(boxes, features.shape[0], was_3d, dtype)
+    if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
+        check_scale_fits(spatial_scale, dtype)
+    map_shape = features.shape
+    n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
     ph, pw = pooled
-    return (n_rois, channels, ph, pw) if layout == "NCHW" else (n_rois, ph, pw, channels)
-
-
-def channels_of(shape, layout):
-    """C of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
-    return shape[3] if layout == "NHWC" else shape[1]
-
-
-def map_size(shape, layout):
-    """(H, W) of a 4-D (N, C, H, W) or (N, H, W, C) shape."""
-    return tuple(shape[1:3]) if layout == "NHWC" else tuple(shape[2:4])
-
-
-# ---- The common call, checked in one go ------------------------------------------------------
-# A small call spends more time in the checks above (a dozen Python calls) than in its kernel.
-# When every argument has its common form, the functions below run the same checks inline
-# and return the canonical arguments; on anything else, valid or not, they return None and
-# the caller takes the check_* path, which converts the argument or raises its error. They
-# never raise themselves (but for MemoryError from an allocation the full path would make too).
-
-
-def _common_pooled(output_size):
-    """(PH, PW) if output_size is an int or a tuple of two ints in [1, 2**31), else None."""
-    if type(output_size) is int:
-        height = width = output_size
-    elif type(output_size) is tuple and len(output_size) == 2:
-        height, width = output_size
-        if type(height) is not int or type(width) is not int:
-            return None
+    shape = (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw)
+    if out is None and n_rois * channels * ph * pw * dtype.itemsize <= sys.maxsize:
+        result, out_view = np.empty(shape, dtype), None
+    elif out is None:
+        result, out_view = _fresh(shape, dtype, False), None
     else:
-        return None
-    if 0 < height <= _INT32_MAX and 0 < width <= _INT32_MAX:
-        return height, width
-    return None
+        out_view = check_out(out, shape, result_dtype, (input, boxes))
+        result = allocate(out_view, shape, dtype)
+    return _new(ForwardCall, (features, channels_last, map_shape, batch_index, coords,
+                              spatial_scale, pooled, result, result, out, out_view,
+                              result_dtype))
 
 
-def _common_scale(spatial_scale, dtype):
-    """Whether spatial_scale is a float, finite, > 0 and still so in `dtype`."""
-    if type(spatial_scale) is not float:
-        return False
-    if dtype is _FLOAT32:
-        return _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH
-    return 0 < spatial_scale < math.inf
+def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout, input,
+                  needs_input, out):
+    """Check a backward call into a BackwardCall (see forward_call).
 
-
-def _common_boxes(boxes, n_images, dtype):
-    """(batch_index, coords) from a C-contiguous float32/64 (K, 5) array of valid rows, or None."""
-    if type(boxes) is not np.ndarray or boxes.ndim != 2:
-        return None
-    box_dtype = boxes.dtype
-    n_rois, n_columns = boxes.shape
-    if n_columns != 5 or not (box_dtype is _FLOAT32 or box_dtype is _FLOAT64):
-        return None
-    if not boxes.flags.c_contiguous:
-        return None
-    batch_index, coords, row, _ = _boxes.split_rows(boxes, n_images, dtype)
-    return (batch_index, coords) if row < 0 else None
-
-
-def common_forward(input, boxes, output_size, spatial_scale, layout):
-    """The checked forward arguments of a common call, or None (see above).
-
-    Common: `input` a C-contiguous 4-D float32/float64 ndarray with a non-empty map, `boxes`
-    a C-contiguous (K, 5) float32/float64 ndarray of valid rows, `output_size` an int or a
-    tuple of two ints, `spatial_scale` a float, a valid layout. Returns (features, pooled,
-    scale, batch_index, coords, result shape), as check_features, check_output_size,
-    check_spatial_scale, check_boxes and check_scale_fits would.
+    needs_input: the kernel reads the forward's features (`input`), which must then match
+    input_shape.
     """
-    if type(input) is not np.ndarray or input.ndim != 4 or type(layout) is not str:
-        return None
-    dtype = input.dtype
-    if not (dtype is _FLOAT32 or dtype is _FLOAT64) or not input.flags.c_contiguous:
-        return None
-    if layout == "NCHW":
-        n_images, channels, height, width = input.shape
-    elif layout == "NHWC":
-        n_images, height, width, channels = input.shape
+    channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
+    if channels_last is None:
+        check_layout(layout)
+    map_shape, was_3d = check_input_shape(input_shape, layout)
+    if type(output_size) is int and 0 < output_size <= _INT32_MAX:
+        pooled = (output_size, output_size)
     else:
-        return None
-    pooled = _common_pooled(output_size)
-    if pooled is None or not (height and width) or not _common_scale(spatial_scale, dtype):
-        return None
-    split = _common_boxes(boxes, n_images, dtype)
-    if split is None:
-        return None
-    batch_index, coords = split
-    n_rois = len(coords)
-    if n_rois * channels * pooled[0] * pooled[1] * dtype.itemsize > sys.maxsize:
-        return None  # kernel_out's MemoryError
-    shape = output_shape(n_rois, channels, pooled, layout)
-    return input, pooled, spatial_scale, batch_index, coords, shape
-
-
-def common_backward(grad_output, boxes, input_shape, output_size, spatial_scale, layout, input,
-                    needs_input):
-    """The checked backward arguments of a common call, or None (see above).
-
-    Common: `input_shape` a tuple of four ints, `grad_output` a C-contiguous float32/float64
-    ndarray of the pooled shape, `input` (when needed) a C-contiguous ndarray of `input_shape`
-    and grad_output's dtype, the other arguments as in common_forward. Returns (grad, pooled,
-    scale, batch_index, coords, features or None), as _backward_call's check_* functions would.
-    """
-    if type(input_shape) is not tuple or len(input_shape) != 4 or type(layout) is not str:
-        return None
-    n_images, d1, d2, d3 = input_shape
-    if not type(n_images) is type(d1) is type(d2) is type(d3) is int:
-        return None
-    if layout == "NCHW":
-        channels, height, width = d1, d2, d3
-    elif layout == "NHWC":
-        height, width, channels = d1, d2, d3
-    else:
-        return None
-    if not (height and width and min(input_shape) >= 0 and max(input_shape) <= _INT32_MAX):
-        return None
-    if type(grad_output) is not np.ndarray or not grad_output.flags.c_contiguous:
-        return None
-    dtype = grad_output.dtype
+        pooled = check_output_size(output_size)
+    if not (type(spatial_scale) is float and 0 < spatial_scale < math.inf):
+        spatial_scale = check_spatial_scale(spatial_scale)
+    dtype = grad_output.dtype if type(grad_output) is np.ndarray else None
     if not (dtype is _FLOAT32 or dtype is _FLOAT64):
-        return None
-    if n_images * channels * height * width * dtype.itemsize > sys.maxsize:
-        return None  # kernel_out's MemoryError
-    if not needs_input:
-        input = None  # not checked (nor used) by the full path either
-    elif not (type(input) is np.ndarray and input.dtype is dtype
-              and input.shape == input_shape and input.flags.c_contiguous):
-        return None
-    pooled = _common_pooled(output_size)
-    if pooled is None or not _common_scale(spatial_scale, dtype):
-        return None
-    split = _common_boxes(boxes, n_images, dtype)
-    if split is None:
-        return None
-    batch_index, coords = split
-    if grad_output.shape != output_shape(len(coords), channels, pooled, layout):
-        return None
-    return grad_output, pooled, spatial_scale, batch_index, coords, input
+        grad_output = np.asarray(grad_output)
+        dtype = compute_dtype(grad_output.dtype, "grad_output")
+    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype)
+    if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
+        check_scale_fits(spatial_scale, dtype)
+    n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
+    ph, pw = pooled
+    grad, result_dtype = check_grad_output(
+        grad_output, (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw))
+    features = check_matching_input(input, map_shape, dtype) if needs_input else None
+    user_shape = map_shape[1:] if was_3d else map_shape
+    if out is None:
+        result, out_view = _fresh(user_shape, dtype, True), None
+    else:
+        out_view = check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
+        result = allocate(out_view, user_shape, dtype, zeroed=True)
+    kernel_out = result.reshape(map_shape) if was_3d else result
+    return _new(BackwardCall, (grad, channels_last, map_shape, batch_index, coords, spatial_scale,
+                               pooled, features, kernel_out, result, out, out_view,
+                               result_dtype))

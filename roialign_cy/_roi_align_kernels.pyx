@@ -1,12 +1,21 @@
-# Compiled kernels of roialign_cy. Private: the wrappers in _api.py validate every argument
-# and hand over canonical arrays (C-contiguous in their layout, native byte order, boxes in
-# the features' dtype, batch indices checked), so nothing here re-checks them.
+# The RoIAlign kernels (roi_align, roi_align_backward). Private: _roi_align.py validates every
+# argument and hands over private, canonical arrays (C-contiguous in their layout, native
+# byte order, boxes in the features' dtype, batch indices checked), so nothing here
+# re-checks them. Each entry point fills an AlignCall and runs its work items through
+# _work_items.run_items.
 
-from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free, malloc
 from libc.string cimport memset
 
-from roialign_cy._bilinear cimport (
+from roialign_cy._channel_blocks cimport (
+    BlockItem,
+    block_item,
+    pack_block,
+    pack_roi,
+    unpack_block,
+    unpack_roi,
+)
+from roialign_cy._geometry cimport Geometry, make_geometry
+from roialign_cy._sample_table cimport (
     RoIGrid,
     SampleTable,
     build_axis_tables,
@@ -14,33 +23,8 @@ from roialign_cy._bilinear cimport (
     floating,
     four_taps,
     sample_taps,
-    table_delete,
-    table_new,
 )
-from roialign_cy._blocks cimport (
-    BlockItem,
-    block_item,
-    pack_block,
-    pack_roi,
-    share_item,
-    unpack_block,
-    unpack_roi,
-)
-from roialign_cy._cpu cimport roialign_cpu_has_avx2
-from roialign_cy._geometry cimport Geometry, make_geometry
-from roialign_cy._openmp cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads
-
-OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
-
-
-def openmp_max_threads():
-    """omp_get_max_threads(): the team size a parallel region gets by default (1 if serial)."""
-    return omp_get_max_threads()
-
-
-def cpu_has_avx2():
-    """Whether this CPU, and the OS, can run the AVX2 build of the kernels."""
-    return roialign_cpu_has_avx2()
+from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
 
 cdef inline bint beats(floating value, floating best) noexcept nogil:
@@ -178,94 +162,6 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
     return True
 
 
-def roi_align_forward(const floating[:, :, :, ::1] features, bint channels_last,
-                      const Py_ssize_t[::1] batch_index, const floating[:, ::1] boxes,
-                      double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                      Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
-                      floating[:, :, :, ::1] out, int n_threads):
-    """RoIAlign forward into `out`, one RoI per loop iteration, RoIs spread over threads.
-
-    features is (N, C, H, W), or (N, H, W, C) when channels_last; out is (K, C, PH, PW) or
-    (K, PH, PW, C). Returns False when a sample table could not be allocated.
-    """
-    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
-                                    pooled_width, sampling_ratio, aligned)
-    cdef Py_ssize_t k
-    cdef SampleTable* table = NULL
-    cdef int failed = 0
-    cdef int* failed_flag = &failed  # written through a pointer: shared, not lastprivate
-    cdef floating scale = <floating>spatial_scale
-    cdef const floating* image = &features[0, 0, 0, 0]
-    cdef floating* pooled = &out[0, 0, 0, 0]
-
-    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = table_new(pooled_height, pooled_width)
-        if table == NULL:
-            failed_flag[0] = 1
-        for k in prange(boxes.shape[0], schedule='dynamic'):
-            if failed_flag[0]:
-                continue
-            if not pool_roi(image + batch_index[k] * g.image_stride, &boxes[k, 0], scale,
-                            pooled + k * g.out_roi_stride, &g, table, max_mode):
-                failed_flag[0] = 1
-        table_delete(table)
-    return not failed
-
-
-def roi_align_forward_blocked(const floating[:, :, :, ::1] features, bint channels_last,
-                              const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
-                              const Py_ssize_t[::1] image_first, double spatial_scale,
-                              Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                              Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
-                              floating[:, :, :, ::1] out, Py_ssize_t block, int n_threads):
-    """RoIAlign forward for many RoIs per image: work items are (image, channel block).
-
-    Each item packs `block` channels of its image into a cache-resident buffer and pools all
-    the image's RoIs from it (see _blocks.pxd). Same numbers as roi_align_forward, bit for
-    bit: each output element still sums its samples in torchvision's order.
-    """
-    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
-                                    pooled_width, sampling_ratio, aligned)
-    cdef Py_ssize_t n_images = features.shape[0]
-    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
-    cdef Py_ssize_t item, b, c0, n_channels, j, k
-    cdef BlockItem it
-    cdef SampleTable* table = NULL
-    cdef floating* packed = NULL
-    cdef floating* pooled = NULL
-    cdef int failed = 0
-    cdef int* failed_flag = &failed
-    cdef floating scale = <floating>spatial_scale
-    cdef const floating* image = &features[0, 0, 0, 0]
-    cdef floating* out_base = &out[0, 0, 0, 0]
-
-    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = table_new(pooled_height, pooled_width)
-        if table == NULL:
-            failed_flag[0] = 1
-        packed = <floating*>malloc(g.height * g.width * block * sizeof(floating))
-        pooled = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
-        if packed == NULL or pooled == NULL:
-            failed_flag[0] = 1
-        for item in prange(n_images * n_blocks, schedule='dynamic'):
-            it = block_item(item, g.channels, block)
-            b, c0, n_channels = it.image, it.first_channel, it.n_channels
-            if failed_flag[0] or image_first[b] == image_first[b + 1]:
-                continue
-            pack_block(image + b * g.image_stride, &g, c0, n_channels, packed, block)
-            for j in range(image_first[b], image_first[b + 1]):
-                k = roi_order[j]
-                if not pool_packed_roi(packed, &boxes[k, 0], scale, &g, table, pooled,
-                                       max_mode, block):
-                    failed_flag[0] = 1
-                    break
-                unpack_roi(pooled, out_base + k * g.out_roi_stride, &g, c0, n_channels, block)
-        table_delete(table)
-        free(packed)
-        free(pooled)
-    return not failed
-
-
 cdef inline Py_ssize_t argmax_sample(const floating* plane, const SampleTable* table,
                                      Py_ssize_t first, Py_ssize_t last,
                                      double samples_per_bin) noexcept nogil:
@@ -394,108 +290,188 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
     return True
 
 
-def roi_align_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
-                       const floating[:, ::1] boxes,
-                       const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
-                       double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                       Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
-                       const floating[:, :, :, ::1] features,
-                       floating[:, :, :, ::1] grad_input, Py_ssize_t channel_blocks,
-                       int n_threads):
+cdef struct AlignCall:
+    # One kernel call, as every work item sees it (read-only while the team runs).
+    Geometry g
+    const void* values             # features (forward) or grad_output (backward), type T
+    void* result                   # the pooled output (forward) or grad_input (backward)
+    const void* features           # max-mode backward: the forward's features, else NULL
+    const void* boxes              # (K, 4) x1, y1, x2, y2 in type T
+    const Py_ssize_t* batch_index  # (K,), checked in [0, N)
+    const Py_ssize_t* roi_order    # RoIs grouped by image (stable) ...
+    const Py_ssize_t* image_first  # ... image b's are roi_order[image_first[b]:image_first[b + 1]]
+    double spatial_scale
+    bint max_mode
+    Py_ssize_t block               # channels per (image, channel block) work item
+
+
+cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
+    """The first element of an index array, NULL for None or an empty one."""
+    return &array[0] if array is not None and array.shape[0] > 0 else NULL
+
+
+cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
+                      const floating* type_tag) noexcept nogil:
+    """Per-RoI forward, work item k: every channel of RoI k."""
+    cdef const AlignCall* call = <const AlignCall*>call_
+    cdef const Geometry* g = &call.g
+    return pool_roi(<const floating*>call.values + call.batch_index[k] * g.image_stride,
+                    <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale,
+                    <floating*>call.result + k * g.out_roi_stride, g, &scratch.table,
+                    call.max_mode)
+
+
+cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+                        const floating* type_tag) noexcept nogil:
+    """Packed forward: pack one channel block of one image, pool all its RoIs from it.
+
+    Same numbers as forward_roi, bit for bit: each output element still sums its samples
+    in torchvision's order.
+    """
+    cdef const AlignCall* call = <const AlignCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef floating* packed = <floating*>scratch.buffers[0]
+    cdef floating* pooled = <floating*>scratch.buffers[1]
+    cdef Py_ssize_t j, k
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True
+    pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
+               it.n_channels, packed, call.block)
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        if not pool_packed_roi(packed, <const floating*>call.boxes + 4 * k,
+                               <floating>call.spatial_scale, g, &scratch.table, pooled,
+                               call.max_mode, call.block):
+            return False
+        unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
+                   it.n_channels, call.block)
+    return True
+
+
+cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Per-RoI backward: the gradient of one channel block of one image, from all its RoIs.
+
+    Items own disjoint elements, and each element sums its contributions in torchvision's
+    order (RoIs ascending, then bins, samples, taps): deterministic for any thread count.
+    """
+    cdef const AlignCall* call = <const AlignCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef const floating* image = NULL
+    cdef Py_ssize_t j, k
+    if call.max_mode:
+        image = <const floating*>call.features + it.image * g.image_stride
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        if not unpool_roi(grad_image, <const floating*>call.values + k * g.out_roi_stride, image,
+                          <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+                          &scratch.table, call.max_mode, it.first_channel,
+                          it.first_channel + it.n_channels):
+            return False
+    return True
+
+
+cdef bint backward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Packed average-mode backward: accumulate all the image's RoIs into a cache-resident
+    packed block, then write it out once. Bit-identical to backward_share."""
+    cdef const AlignCall* call = <const AlignCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef floating* packed = <floating*>scratch.buffers[0]
+    cdef floating* roi_grad = <floating*>scratch.buffers[1]
+    cdef Py_ssize_t j, k
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True  # an image without RoIs keeps its zero gradient
+    memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        if not unpool_packed_roi(packed, <const floating*>call.values + k * g.out_roi_stride,
+                                 roi_grad, <const floating*>call.boxes + 4 * k,
+                                 <floating>call.spatial_scale, g, &scratch.table,
+                                 it.first_channel, it.n_channels, call.block):
+            return False
+    unpack_block(packed, <floating*>call.result + it.image * g.image_stride, g, it.first_channel,
+                 it.n_channels, call.block)
+    return True
+
+
+cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
+              const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
+              const Py_ssize_t[::1] image_first, double spatial_scale, bint max_mode,
+              const floating* features, floating* result, Geometry g,
+              bint backward, bint packed, Py_ssize_t block, int n_threads):
+    """Fill the AlignCall and run the work items of the chosen kernel, without the GIL."""
+    cdef AlignCall call
+    cdef ScratchSpec spec
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_items = g.n_images * ((g.channels + block - 1) // block if block > 0 else 1)
+    cdef bint done
+    call.g = g
+    call.values = &values[0, 0, 0, 0]
+    call.result = result
+    call.features = features
+    call.boxes = &boxes[0, 0]
+    call.batch_index, call.roi_order = indices(batch_index), indices(roi_order)
+    call.image_first = indices(image_first)
+    call.spatial_scale, call.max_mode, call.block = spatial_scale, max_mode, block
+    if packed:  # a block of the map and one RoI's pooled block per thread
+        spec = scratch_spec(g.pooled_h, g.pooled_w, g.height * g.width * block * sizeof(floating),
+                            n_bins * block * sizeof(floating))
+    else:
+        spec = scratch_spec(g.pooled_h, g.pooled_w, 0, 0)
+    with nogil:
+        if not backward and not packed:
+            done = run_items(forward_roi[floating], &call, boxes.shape[0], &spec, n_threads)
+        elif not backward:
+            done = run_items(forward_block[floating], &call, n_items, &spec, n_threads)
+        elif not packed:
+            done = run_items(backward_share[floating], &call, n_items, &spec, n_threads)
+        else:
+            done = run_items(backward_block[floating], &call, n_items, &spec, n_threads)
+    return done
+
+
+def forward(const floating[:, :, :, ::1] features, bint channels_last,
+            const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+            const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+            double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+            Py_ssize_t sampling_ratio, bint aligned, bint max_mode, floating[:, :, :, ::1] out,
+            bint packed, Py_ssize_t block, int n_threads):
+    """RoIAlign forward into `out`; False when scratch could not be allocated.
+
+    features (N, C, H, W), or (N, H, W, C) when channels_last; out (K, C, PH, PW) or
+    (K, PH, PW, C). Per RoI unless `packed`: then work items are (image, block of `block`
+    channels), with roi_order/image_first grouping the RoIs by image.
+    """
+    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
+                                    pooled_width, sampling_ratio, aligned)
+    return run(features, boxes, batch_index, roi_order, image_first, spatial_scale, max_mode,
+               <const floating*>NULL, &out[0, 0, 0, 0], g, False, packed, block, n_threads)
+
+
+def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
+             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+             Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
+             const floating[:, :, :, ::1] features, floating[:, :, :, ::1] grad_input,
+             bint packed, Py_ssize_t block, int n_threads):
     """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`.
 
-    Deterministic in parallel: a work item is (image, block of channels), so no two threads
-    ever write the same element, and each element sums its contributions in torchvision's
-    order (RoIs ascending, then bins, samples, taps) whatever the thread count.
-    roi_order lists the RoIs grouped by image (stable), image_first[b] where image b starts.
-    `features` is only read in max mode (to find each bin's arg-max sample).
+    Work items are (image, block of `block` channels): no two threads write the same element,
+    no atomics. `features` is only read in max mode (each bin's arg-max sample); `packed`
+    (average mode only) accumulates in cache-resident channel blocks.
     """
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
-    cdef Py_ssize_t n_images = grad_input.shape[0]
-    cdef Py_ssize_t item, b, j, k, c0, c1
-    cdef BlockItem it
-    cdef SampleTable* table = NULL
-    cdef int failed = 0
-    cdef int* failed_flag = &failed
-    cdef floating scale = <floating>spatial_scale
-    cdef const floating* image = &features[0, 0, 0, 0] if max_mode else NULL
-    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
-    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
-
-    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = table_new(pooled_height, pooled_width)
-        if table == NULL:
-            failed_flag[0] = 1
-        for item in prange(n_images * channel_blocks, schedule='dynamic'):
-            if failed_flag[0]:
-                continue
-            it = share_item(item, g.channels, channel_blocks)
-            b, c0, c1 = it.image, it.first_channel, it.first_channel + it.n_channels
-            for j in range(image_first[b], image_first[b + 1]):
-                k = roi_order[j]
-                if not unpool_roi(grad_base + b * g.image_stride, grad_out + k * g.out_roi_stride,
-                                  image + b * g.image_stride if max_mode else NULL,
-                                  &boxes[k, 0], scale, &g, table, max_mode, c0, c1):
-                    failed_flag[0] = 1
-                    break
-        table_delete(table)
-    return not failed
+    return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
+               max_mode, &features[0, 0, 0, 0] if features is not None else NULL,
+               &grad_input[0, 0, 0, 0], g, True, packed and not max_mode,
+               block, n_threads)
 
 
-def roi_align_backward_blocked(const floating[:, :, :, ::1] grad_output, bint channels_last,
-                               const floating[:, ::1] boxes, const Py_ssize_t[::1] roi_order,
-                               const Py_ssize_t[::1] image_first, double spatial_scale,
-                               Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-                               Py_ssize_t sampling_ratio, bint aligned,
-                               floating[:, :, :, ::1] grad_input, Py_ssize_t block,
-                               int n_threads):
-    """Average-mode backward for many RoIs per image: work items are (image, channel block).
-
-    The mirror of roi_align_forward_blocked: each item accumulates the gradients of all the
-    image's RoIs into a cache-resident packed block, then writes the block out once. Items
-    own disjoint elements, and each element still sums in torchvision's order: deterministic
-    and bit-identical to roi_align_backward.
-    """
-    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
-                                    pooled_width, sampling_ratio, aligned)
-    cdef Py_ssize_t n_images = grad_input.shape[0]
-    cdef Py_ssize_t n_blocks = (g.channels + block - 1) // block
-    cdef Py_ssize_t n_pixels = g.height * g.width
-    cdef Py_ssize_t item, b, c0, n_channels, j, k
-    cdef BlockItem it
-    cdef SampleTable* table = NULL
-    cdef floating* packed = NULL
-    cdef floating* roi_grad = NULL
-    cdef int failed = 0
-    cdef int* failed_flag = &failed
-    cdef floating scale = <floating>spatial_scale
-    cdef const floating* grad_out = &grad_output[0, 0, 0, 0]
-    cdef floating* grad_base = &grad_input[0, 0, 0, 0]
-
-    with nogil, parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
-        table = table_new(pooled_height, pooled_width)
-        if table == NULL:
-            failed_flag[0] = 1
-        packed = <floating*>malloc(n_pixels * block * sizeof(floating))
-        roi_grad = <floating*>malloc(pooled_height * pooled_width * block * sizeof(floating))
-        if packed == NULL or roi_grad == NULL:
-            failed_flag[0] = 1
-        for item in prange(n_images * n_blocks, schedule='dynamic'):
-            it = block_item(item, g.channels, block)
-            b, c0, n_channels = it.image, it.first_channel, it.n_channels
-            if failed_flag[0] or image_first[b] == image_first[b + 1]:
-                continue  # an image without RoIs keeps its zero gradient
-            memset(packed, 0, n_pixels * block * sizeof(floating))
-            for j in range(image_first[b], image_first[b + 1]):
-                k = roi_order[j]
-                if not unpool_packed_roi(packed, grad_out + k * g.out_roi_stride, roi_grad,
-                                         &boxes[k, 0], scale, &g, table, c0, n_channels,
-                                         block):
-                    failed_flag[0] = 1
-                    break
-            unpack_block(packed, grad_base + b * g.image_stride, &g, c0, n_channels, block)
-        table_delete(table)
-        free(packed)
-        free(roi_grad)
-    return not failed
+KERNELS = {"forward": forward, "backward": backward}

@@ -64,7 +64,10 @@ cdef struct SampleTable:
 
 
 cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
-    """Allocate the per-bin index arrays of an empty table; False when out of memory."""
+    """Allocate the per-bin index arrays of an empty table; False when out of memory.
+
+    table_free releases what it allocated, also after a failure.
+    """
     table.n_bins = pooled_h * pooled_w
     table.bin_first = <Py_ssize_t*>malloc((table.n_bins + 1) * sizeof(Py_ssize_t))
     table.y_first = <Py_ssize_t*>malloc((pooled_h + 1) * sizeof(Py_ssize_t))
@@ -88,23 +91,6 @@ cdef inline void table_free(SampleTable* table) noexcept nogil:
     free(table.x_samples)
     free(table.corner_offsets)
     free(table.corner_weights)
-
-
-cdef inline SampleTable* table_new(Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
-    """One thread's empty sample table, or NULL when out of memory."""
-    cdef SampleTable* table = <SampleTable*>malloc(sizeof(SampleTable))
-    if table != NULL and not table_init(table, pooled_h, pooled_w):
-        table_free(table)
-        free(table)
-        return NULL
-    return table
-
-
-cdef inline void table_delete(SampleTable* table) noexcept nogil:
-    """Release a table from table_new (NULL is fine)."""
-    if table != NULL:
-        table_free(table)
-        free(table)
 
 
 cdef inline bint grow(void** buffer, Py_ssize_t n_items, size_t item_size) noexcept nogil:

@@ -9,38 +9,9 @@
 
 from libc.stdint cimport int32_t
 
-from roialign_cy._bilinear cimport floating
 from roialign_cy._geometry cimport Geometry
-
-cdef extern from *:
-    """
-    /* A 4 x 4 float32 transpose: src rows at src_stride, dst rows at dst_stride. */
-    #if defined(__SSE2__) || defined(_M_X64)
-    #include <xmmintrin.h>
-    static inline void roialign_transpose4(const float* src, Py_ssize_t src_stride,
-                                           float* dst, Py_ssize_t dst_stride) {
-        __m128 r0 = _mm_loadu_ps(src);
-        __m128 r1 = _mm_loadu_ps(src + src_stride);
-        __m128 r2 = _mm_loadu_ps(src + 2 * src_stride);
-        __m128 r3 = _mm_loadu_ps(src + 3 * src_stride);
-        _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-        _mm_storeu_ps(dst, r0);
-        _mm_storeu_ps(dst + dst_stride, r1);
-        _mm_storeu_ps(dst + 2 * dst_stride, r2);
-        _mm_storeu_ps(dst + 3 * dst_stride, r3);
-    }
-    #else
-    static inline void roialign_transpose4(const float* src, Py_ssize_t src_stride,
-                                           float* dst, Py_ssize_t dst_stride) {
-        for (int i = 0; i < 4; i++)
-            for (int j = 0; j < 4; j++)
-                dst[j * dst_stride + i] = src[i * src_stride + j];
-    }
-    #endif
-    """
-    void transpose4 "roialign_transpose4"(const float* src, Py_ssize_t src_stride, float* dst,
-                                          Py_ssize_t dst_stride) noexcept nogil
-
+from roialign_cy._sample_table cimport floating
+from roialign_cy._shims cimport transpose4
 
 ctypedef fused pooled_value:
     # What a pooled block holds: values of the features' type, or roi_pool's arg-max indices.
@@ -53,8 +24,9 @@ cdef enum:
 
 
 cdef struct BlockItem:
-    # One work item of a blocked kernel: channels [first_channel, first_channel + n_channels)
-    # of image `image`, whose RoIs are roi_order[image_first[image]:image_first[image + 1]].
+    # One work item of a kernel split by (image, channel block): channels
+    # [first_channel, first_channel + n_channels) of image `image`, whose RoIs are
+    # roi_order[image_first[image]:image_first[image + 1]].
     Py_ssize_t image
     Py_ssize_t first_channel
     Py_ssize_t n_channels
@@ -70,18 +42,6 @@ cdef inline BlockItem block_item(Py_ssize_t item, Py_ssize_t channels,
     it.n_channels = channels - it.first_channel
     if it.n_channels > block:
         it.n_channels = block
-    return it
-
-
-cdef inline BlockItem share_item(Py_ssize_t item, Py_ssize_t channels,
-                                 Py_ssize_t n_shares) noexcept nogil:
-    """Decode work item `item` of a loop over (image, one of n_shares near-equal channel
-    shares): the split of the per-RoI backward kernels, which need no packed block."""
-    cdef BlockItem it
-    cdef Py_ssize_t share = item % n_shares
-    it.image = item // n_shares
-    it.first_channel = share * channels // n_shares
-    it.n_channels = (share + 1) * channels // n_shares - it.first_channel
     return it
 
 

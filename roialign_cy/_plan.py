@@ -1,0 +1,181 @@
+"""How a checked call runs: its thread team, kernel variant and work-item size.
+
+A plan is made from a call record (_args) and decides nothing about numbers: every variant
+and every team size gives the same results, bit for bit.
+"""
+
+import os
+import threading
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from roialign_cy import _boxes, _runtime
+from roialign_cy._args import check_int
+
+# Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
+# team costs more than it saves.
+SERIAL_WORK = 1 << 14
+# Packed channel blocks (_channel_blocks.pxd) hold a multiple of BLOCK_QUANTUM channels (one
+# 64-byte line of float32) and, when the map allows, about BLOCK_BYTES: a core's share of
+# the caches.
+BLOCK_QUANTUM = 16
+BLOCK_BYTES = 2 << 20
+# Beyond this a block of BLOCK_QUANTUM channels is no longer cache-resident (nor small: a
+# 46341 x 46341 map would need 137 GB per thread), so huge maps walk each RoI instead.
+MAX_PACKED_BYTES = 32 << 20
+VARIANTS = ("per_roi", "packed")
+_new = tuple.__new__  # builds a Plan without a Python-level __new__ call
+
+
+class Plan(NamedTuple):
+    """How one call runs (immutable)."""
+
+    n_threads: int                   # the team size asked of OpenMP
+    shared: bool                     # a default-sized team, shared with concurrent calls
+    packed: bool                     # gather through cache-resident packed channel blocks
+    block: int                       # channels per (image, channel block) work item
+    roi_order: Optional[np.ndarray]  # RoIs grouped by image (stable), or None ...
+    image_first: Optional[np.ndarray]  # ... where each image's RoIs start in roi_order
+
+
+class _ThreadState:
+    """Whether this process started an OpenMP team, and whether it is a fork of one that did.
+
+    GNU libgomp's thread pool does not survive fork(): a child that starts a team after its
+    parent did hangs. Such children run every call on one thread instead.
+    """
+
+    team_started = False
+    forked_after_team = False
+
+
+def _after_fork_in_child():
+    """os.register_at_fork hook: a child of a process with a live team must stay serial."""
+    _ThreadState.forked_after_team = _ThreadState.team_started
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def team_size(num_threads, work):
+    """The thread count for a call of `work` output elements: None means OpenMP's default.
+
+    Capped by the work (tiny calls run on one thread) and 1 in a serial build or in a
+    process forked after this one started a thread team. A bad num_threads fails on any call.
+    """
+    if num_threads is not None and not (type(num_threads) is int and 0 < num_threads < 2**31):
+        num_threads = check_int(num_threads, "num_threads", minimum=1)
+    if work < SERIAL_WORK or not _runtime.OPENMP_ENABLED or _ThreadState.forked_after_team:
+        return 1
+    requested = _runtime.openmp_max_threads() if num_threads is None else num_threads
+    n_threads = max(1, min(requested, work // SERIAL_WORK))
+    if n_threads > 1:
+        _ThreadState.team_started = True
+    return n_threads
+
+
+def use_packed(map_shape, channels_last, n_rois, pooled, itemsize):
+    """Whether a call should gather through packed channel blocks or walk each RoI's planes.
+
+    Channels-last features are read in place: their channels are already contiguous, and
+    packing them measured slower. Channels-first features pay one packing pass over every
+    image; walking a RoI's channel planes misses the cache on every plane instead. Packing
+    measured faster from about one RoI per 32 map pixels per bin (box_head: K >= ~80).
+    """
+    n_images = map_shape[0]
+    if channels_last or n_rois < 4 * n_images:
+        return False
+    height, width = map_shape[2], map_shape[3]
+    if height * width * BLOCK_QUANTUM * itemsize > MAX_PACKED_BYTES:
+        return False
+    return n_rois * pooled[0] * pooled[1] * 32 >= n_images * height * width
+
+
+def packed_block(map_shape, channels_last, itemsize, n_threads, n_buffers):
+    """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
+    few enough that every thread gets several (image, block) work items.
+
+    n_buffers: packed blocks a thread holds at once (they share the budget).
+    """
+    n_images = map_shape[0]
+    channels = map_shape[3] if channels_last else map_shape[1]
+    n_pixels = map_shape[1] * map_shape[2] if channels_last else map_shape[2] * map_shape[3]
+    quantum = BLOCK_QUANTUM
+    all_channels = -(-channels // quantum) * quantum
+    fitting = BLOCK_BYTES // n_buffers // (n_pixels * itemsize) // quantum * quantum
+    block = min(all_channels, max(quantum, fitting))
+    while block > quantum and n_images * -(-channels // block) < 4 * n_threads:
+        block -= quantum
+    return block
+
+
+def channel_share(n_threads, n_images, channels):
+    """Channels per work item of a per-RoI kernel split by (image, channel block): one item
+    per thread at least, no more (each item walks all its image's RoIs again)."""
+    if n_threads == 1 or channels == 0:
+        return max(channels, 1)
+    shares = max(1, min(channels, -(-n_threads // n_images)))
+    return -(-channels // shares)
+
+
+def plan(call, num_threads, variant, grouped, packable=True, n_buffers=1):
+    """The Plan of a checked call (_args.ForwardCall or BackwardCall).
+
+    variant: None (the heuristic above picks), "per_roi" or "packed" (where the operator has
+    no packed kernel for this call, packable=False, the per-RoI one runs). grouped: the
+    kernel walks RoIs image by image even per RoI (the backward kernels).
+    """
+    map_shape, channels_last = call.map_shape, call.channels_last
+    itemsize = call.values.itemsize
+    work = call.values.size if grouped else call.kernel_out.size
+    if work < SERIAL_WORK and num_threads is None:
+        n_threads = 1  # team_size's answer, the fast route
+    else:
+        n_threads = team_size(num_threads, work)
+    n_images = map_shape[0]
+    if variant is None:  # use_packed's first test is the fast route
+        packed = (packable and not channels_last and len(call.coords) >= 4 * n_images
+                  and use_packed(map_shape, channels_last, len(call.coords), call.pooled,
+                                 itemsize))
+    elif variant in VARIANTS:
+        packed = packable and variant == "packed"
+    else:
+        raise ValueError(f"variant must be None or one of {VARIANTS}, got {variant!r}")
+    if packed:
+        block = packed_block(map_shape, channels_last, itemsize, n_threads, n_buffers)
+    else:
+        block = channel_share(n_threads, n_images, map_shape[3] if channels_last else map_shape[1])
+    roi_order = image_first = None
+    if packed or grouped:
+        roi_order, image_first = _boxes.group_by_image(call.batch_index, n_images)
+    return _new(Plan, (n_threads, num_threads is None and n_threads > 1, packed, block,
+                       roi_order, image_first))
+
+
+class _SharedTeams:
+    """Calls with num_threads=None that run at the same time from several Python threads
+    share OpenMP's default size between them instead of each starting a full team (which
+    would oversubscribe the cores: 8 pool threads x 16 OpenMP threads on 16 cores)."""
+
+    lock = threading.Lock()
+    active = 0  # default-sized multi-threaded calls running right now
+
+
+def run(kernel, arguments, plan, what):
+    """kernel(*arguments, n_threads) on the plan's team; MemoryError naming `what` when its
+    scratch could not be allocated."""
+    if not plan.shared:
+        done = kernel(*arguments, plan.n_threads)
+    else:
+        with _SharedTeams.lock:
+            _SharedTeams.active += 1
+            n_threads = max(1, plan.n_threads // _SharedTeams.active)
+        try:
+            done = kernel(*arguments, n_threads)
+        finally:
+            with _SharedTeams.lock:
+                _SharedTeams.active -= 1
+    if not done:
+        raise MemoryError(f"{what}: could not allocate the per-thread scratch")

@@ -1,0 +1,22 @@
+# Type stub for the compiled RoIPool kernels (private; see _roi_pool.py for the public
+# functions). Each is a fused function: _dispatch specializes it for float32 and float64.
+from typing import Any, Callable, Dict
+
+import numpy as np
+import numpy.typing as npt
+
+_Float = np.float32 | np.float64
+_Array = npt.NDArray[_Float]
+_Index = npt.NDArray[np.intp]
+_ArgMax = npt.NDArray[np.int32]
+
+def forward(features: _Array, channels_last: bool, boxes: _Array, batch_index: _Index,
+            roi_order: _Index | None, image_first: _Index | None, spatial_scale: float,
+            pooled_height: int, pooled_width: int, out: _Array, argmax: _ArgMax | None,
+            packed: bool, block: int, n_threads: int) -> bool: ...
+def backward(grad_output: _Array, channels_last: bool, boxes: _Array, batch_index: _Index,
+             roi_order: _Index, image_first: _Index, spatial_scale: float, pooled_height: int,
+             pooled_width: int, features: _Array | None, argmax: _ArgMax | None,
+             grad_input: _Array, packed: bool, block: int, n_threads: int) -> bool: ...
+
+KERNELS: Dict[str, Callable[..., Any]]

@@ -1,0 +1,457 @@
+# The RoIPool kernels (roi_pool, roi_pool_backward): the quantized baseline RoIAlign replaces,
+# with torchvision's exact semantics: box corners rounded to feature pixels, an inclusive +1
+# size, bins [floor(p * bin), ceil((p + 1) * bin)) clipped to the map, an empty bin gives 0,
+# the first maximum wins (strict `>` from -FLT_MAX, so NaN never wins). Private:
+# _roi_pool.py hands over private, canonical arrays. Each entry point fills a PoolCall and
+# runs its work items through _work_items.run_items.
+
+from libc.float cimport FLT_MAX
+from libc.math cimport ceil, floor, fmax, fmin, round
+from libc.stdint cimport int32_t
+from libc.string cimport memset
+
+from roialign_cy._channel_blocks cimport (
+    BlockItem,
+    block_item,
+    pack_block,
+    pack_roi,
+    unpack_block,
+    unpack_roi,
+)
+from roialign_cy._geometry cimport Geometry, make_geometry
+from roialign_cy._sample_table cimport floating
+from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+
+
+cdef struct PoolBins:
+    # The clipped pixel ranges of every bin of one RoI: rows [y_start[ph], y_end[ph]), ...
+    Py_ssize_t* y_start
+    Py_ssize_t* y_end
+    Py_ssize_t* x_start
+    Py_ssize_t* x_end
+
+
+cdef inline PoolBins bins_in(void* buffer, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
+    """The bin ranges laid out in a scratch buffer of 2 * (PH + PW) Py_ssize_t."""
+    cdef PoolBins bins
+    bins.y_start = <Py_ssize_t*>buffer
+    bins.y_end = bins.y_start + pooled_h
+    bins.x_start = bins.y_end + pooled_h
+    bins.x_end = bins.x_start + pooled_w
+    return bins
+
+
+cdef inline void axis_bins(floating first, floating last, floating spatial_scale,
+                           Py_ssize_t n_bins, Py_ssize_t size,
+                           Py_ssize_t* bin_start, Py_ssize_t* bin_end) noexcept nogil:
+    """torchvision's quantized bins along one axis, clipped to [0, size].
+
+    Computed in double after the type-T products, so huge boxes clip instead of overflowing
+    an int (torchvision's int arithmetic is undefined there).
+    """
+    cdef double start = round(first * spatial_scale)
+    cdef double length = fmax(round(last * spatial_scale) - start + 1.0, 1.0)
+    cdef floating bin_size = <floating>length / <floating>n_bins
+    cdef Py_ssize_t p
+    for p in range(n_bins):
+        bin_start[p] = <Py_ssize_t>fmin(fmax(floor(<floating>p * bin_size) + start, 0.0), size)
+        bin_end[p] = <Py_ssize_t>fmin(fmax(ceil(<floating>(p + 1) * bin_size) + start, 0.0), size)
+
+
+cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_scale,
+                          const Geometry* g) noexcept nogil:
+    """The bins of box = (x1, y1, x2, y2)."""
+    axis_bins(box[1], box[3], spatial_scale, g.pooled_h, g.height, bins.y_start, bins.y_end)
+    axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
+
+
+cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
+                                     const PoolBins* bins, Py_ssize_t ph, Py_ssize_t pw,
+                                     floating* best_value) noexcept nogil:
+    """Offset of the bin's first maximum in one channel plane, -1 if none (empty bin -> 0)."""
+    cdef Py_ssize_t y, x, offset, best = -1
+    cdef floating value
+    if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+        best_value[0] = 0
+        return -1
+    best_value[0] = -FLT_MAX
+    for y in range(bins.y_start[ph], bins.y_end[ph]):
+        for x in range(bins.x_start[pw], bins.x_end[pw]):
+            offset = y * g.row_stride + x * g.col_stride
+            value = plane[offset]
+            if value > best_value[0]:
+                best_value[0] = value
+                best = offset
+    return best
+
+
+cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
+                                        const Geometry* g, const PoolBins* bins,
+                                        Py_ssize_t channels, int32_t* argmax_roi) noexcept nogil:
+    """Max over every bin for `channels` contiguous channels per pixel (they vectorize).
+
+    `image` is channels-last with pixel stride `channels`: the features themselves, or a
+    packed channel block. Unless argmax_roi is NULL, it receives (n_bins, channels) arg-max
+    pixel indices y * W + x (-1: empty bin, or no value above -FLT_MAX), torchvision's
+    (int32, as torchvision's).
+    """
+    cdef Py_ssize_t ph, pw, y, x, c
+    cdef int32_t at  # the wrapper only asks for indices when H * W < 2**31
+    cdef floating* row
+    cdef int32_t* arg_row
+    cdef const floating* pixel
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            row = out_roi + (ph * g.pooled_w + pw) * channels
+            arg_row = argmax_roi + (ph * g.pooled_w + pw) * channels if argmax_roi != NULL else NULL
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                for c in range(channels):
+                    row[c] = 0
+                if arg_row != NULL:
+                    for c in range(channels):
+                        arg_row[c] = -1
+                continue
+            for c in range(channels):
+                row[c] = -FLT_MAX
+            if arg_row == NULL:
+                for y in range(bins.y_start[ph], bins.y_end[ph]):
+                    for x in range(bins.x_start[pw], bins.x_end[pw]):
+                        pixel = image + (y * g.width + x) * channels
+                        for c in range(channels):  # a select, not a branch: it vectorizes
+                            row[c] = pixel[c] if pixel[c] > row[c] else row[c]
+                continue
+            for c in range(channels):
+                arg_row[c] = -1
+            for y in range(bins.y_start[ph], bins.y_end[ph]):
+                for x in range(bins.x_start[pw], bins.x_end[pw]):
+                    at = <int32_t>(y * g.width + x)
+                    pixel = image + <Py_ssize_t>at * channels
+                    for c in range(channels):
+                        arg_row[c] = at if pixel[c] > row[c] else arg_row[c]
+                        row[c] = pixel[c] if pixel[c] > row[c] else row[c]
+
+
+cdef inline void unpool_max_channels_last(floating* grad_image, const floating* grad_roi,
+                                          const floating* image, const Geometry* g,
+                                          const PoolBins* bins, Py_ssize_t pixel_stride,
+                                          Py_ssize_t c0, Py_ssize_t c1, floating* best,
+                                          Py_ssize_t* best_at) noexcept nogil:
+    """Backward of max_pool_channels_last for channels [c0, c1): each bin's gradient, per
+    channel, to its arg-max, found for all those channels in one pass over the bin.
+
+    `image` and `grad_image` are channels-last with `pixel_stride` values per pixel (the
+    features, or packed blocks), `grad_roi` is (n_bins, pixel_stride); best and best_at are
+    scratch rows of c1 - c0 entries.
+    """
+    cdef Py_ssize_t ph, pw, y, x, c, at
+    cdef Py_ssize_t n = c1 - c0
+    cdef const floating* pixel
+    cdef const floating* grad_row
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                continue  # an empty bin sends no gradient
+            for c in range(n):
+                best[c] = -FLT_MAX
+                best_at[c] = -1
+            for y in range(bins.y_start[ph], bins.y_end[ph]):
+                for x in range(bins.x_start[pw], bins.x_end[pw]):
+                    at = (y * g.width + x) * pixel_stride + c0
+                    pixel = image + at
+                    for c in range(n):  # selects, not branches: they vectorize
+                        best_at[c] = at if pixel[c] > best[c] else best_at[c]
+                        best[c] = pixel[c] if pixel[c] > best[c] else best[c]
+            grad_row = grad_roi + (ph * g.pooled_w + pw) * pixel_stride + c0
+            for c in range(n):
+                if best_at[c] >= 0:
+                    grad_image[best_at[c] + c] += grad_row[c]
+
+
+cdef inline void max_pool_plane(const floating* plane, floating* out_plane,
+                                int32_t* argmax_plane, const Geometry* g,
+                                const PoolBins* bins) noexcept nogil:
+    """Max over every bin of one channel plane (channels-first layout), and unless
+    argmax_plane is NULL each bin's arg-max pixel index (-1 if none)."""
+    cdef Py_ssize_t ph, pw, at
+    cdef floating best
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            at = argmax_in_bin(plane, g, bins, ph, pw, &best)
+            out_plane[ph * g.pooled_w + pw] = best
+            if argmax_plane != NULL:
+                argmax_plane[ph * g.pooled_w + pw] = <int32_t>at  # y * W + x (strides W, 1)
+
+
+cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bins,
+                                  const floating* plane, const Geometry* g,
+                                  const PoolBins* bins) noexcept nogil:
+    """Backward of max pooling on one channel plane: each bin's gradient to its arg-max."""
+    cdef Py_ssize_t ph, pw, best_offset
+    cdef floating best
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            best_offset = argmax_in_bin(plane, g, bins, ph, pw, &best)
+            if best_offset >= 0:
+                grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
+
+
+cdef struct PoolCall:
+    # One kernel call, as every work item sees it (read-only while the team runs).
+    Geometry g
+    const void* values             # features (forward) or grad_output (backward), type T
+    void* result                   # the pooled output (forward) or grad_input (backward)
+    const void* features           # backward without arg-max: the forward's features
+    const void* boxes              # (K, 4) x1, y1, x2, y2 in type T
+    const Py_ssize_t* batch_index  # (K,), checked in [0, N)
+    const Py_ssize_t* roi_order    # RoIs grouped by image (stable) ...
+    const Py_ssize_t* image_first  # ... image b's are roi_order[image_first[b]:image_first[b + 1]]
+    int32_t* argmax                # arg-max indices y * W + x (out, or in for the backward), or NULL
+    double spatial_scale
+    Py_ssize_t block               # channels per (image, channel block) work item
+
+
+cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
+    """The first element of an index array, NULL for None or an empty one."""
+    return &array[0] if array is not None and array.shape[0] > 0 else NULL
+
+
+cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
+                      const floating* type_tag) noexcept nogil:
+    """Per-RoI forward, work item k: every channel of RoI k (and its arg-max indices)."""
+    cdef const PoolCall* call = <const PoolCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
+    cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
+    cdef int32_t* argmax_roi = call.argmax + k * g.out_roi_stride if call.argmax != NULL else NULL
+    cdef Py_ssize_t c
+    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+    if g.channels_last:
+        max_pool_channels_last(image, out_roi, g, &bins, g.channels, argmax_roi)
+        return True
+    for c in range(g.channels):
+        max_pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
+                       argmax_roi + c * g.out_channel_stride if argmax_roi != NULL else NULL,
+                       g, &bins)
+    return True
+
+
+cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+                        const floating* type_tag) noexcept nogil:
+    """Packed forward: pool all the image's RoIs from a packed, cache-resident channel block,
+    vectorized over it. Same numbers (and arg-max indices) as forward_roi."""
+    cdef const PoolCall* call = <const PoolCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef floating* pooled = <floating*>scratch.buffers[2]
+    cdef int32_t* pooled_at = <int32_t*>scratch.buffers[3]
+    cdef Py_ssize_t j, k
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True
+    pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
+               it.n_channels, packed, call.block)
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        max_pool_channels_last(packed, pooled, g, &bins, call.block, pooled_at)
+        unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
+                   it.n_channels, call.block)
+        if call.argmax != NULL:
+            unpack_roi(pooled_at, call.argmax + k * g.out_roi_stride, g, it.first_channel,
+                       it.n_channels, call.block)
+    return True
+
+
+cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Per-RoI backward: each bin's gradient to its arg-max, found again from the features,
+    for one channel block of one image. RoIs ascending: deterministic, no atomics."""
+    cdef const PoolCall* call = <const PoolCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef Py_ssize_t* best_at = <Py_ssize_t*>scratch.buffers[1]
+    cdef floating* best = <floating*>(best_at + call.block)
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef const floating* image = <const floating*>call.features + it.image * g.image_stride
+    cdef const floating* grad_roi
+    cdef Py_ssize_t j, k, c
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        grad_roi = <const floating*>call.values + k * g.out_roi_stride
+        if g.channels_last:  # all channels of the block in one pass per bin
+            unpool_max_channels_last(grad_image, grad_roi, image, g, &bins, g.channels,
+                                     it.first_channel, it.first_channel + it.n_channels, best,
+                                     best_at)
+            continue
+        for c in range(it.first_channel, it.first_channel + it.n_channels):
+            unpool_max_plane(grad_image + c * g.channel_stride, grad_roi + c * g.out_channel_stride,
+                             image + c * g.channel_stride, g, &bins)
+    return True
+
+
+cdef bint backward_argmax(const void* call_, Scratch* scratch, Py_ssize_t item,
+                          const floating* type_tag) noexcept nogil:
+    """Backward from the forward's arg-max indices (torchvision's way), one channel block of
+    one image: each output element's gradient to pixel argmax (y * W + x) of its channel.
+
+    Every element sums its RoIs ascending, then bins: torchvision's order, deterministic.
+    The indices are the caller's memory, so each is checked where it is used: one outside
+    [0, H * W) (-1: an empty bin) sends nothing.
+    """
+    cdef const PoolCall* call = <const PoolCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t c0 = it.first_channel
+    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef const floating* grad_out = <const floating*>call.values
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t j, k, c, b, at, element
+    if g.channels_last:  # RoIs, bins, then the contiguous channels
+        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+            k = call.roi_order[j]
+            for b in range(n_bins):
+                element = k * g.out_roi_stride + b * g.out_bin_stride
+                for c in range(c0, c1):
+                    at = <Py_ssize_t>call.argmax[element + c]
+                    if at >= 0 and at < n_pixels:
+                        grad_image[at * g.col_stride + c] += grad_out[element + c]
+        return True
+    # Channels-first: one channel plane at a time, so it stays in cache while every RoI of
+    # the image scatters into it (each element still sums RoIs, then bins).
+    for c in range(c0, c1):
+        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+            k = call.roi_order[j]
+            element = k * g.out_roi_stride + c * g.out_channel_stride
+            for b in range(n_bins):
+                at = <Py_ssize_t>call.argmax[element + b]
+                if at >= 0 and at < n_pixels:
+                    grad_image[at + c * g.channel_stride] += grad_out[element + b]
+    return True
+
+
+cdef bint backward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Packed backward: pack the features block, find every bin's arg-max from it, accumulate
+    the gradients in a packed block and write it out once. Bit-identical to backward_share."""
+    cdef const PoolCall* call = <const PoolCall*>call_
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef Py_ssize_t n_packed = g.height * g.width * call.block
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef floating* packed_grad = packed + n_packed
+    cdef floating* roi_grad = <floating*>scratch.buffers[2]
+    cdef Py_ssize_t* best_at = <Py_ssize_t*>scratch.buffers[3]
+    cdef floating* best = <floating*>(best_at + call.block)
+    cdef Py_ssize_t j, k
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True  # an image without RoIs keeps its zero gradient
+    pack_block(<const floating*>call.features + it.image * g.image_stride, g, it.first_channel,
+               it.n_channels, packed, call.block)
+    memset(packed_grad, 0, n_packed * sizeof(floating))
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        pack_roi(<const floating*>call.values + k * g.out_roi_stride, roi_grad, g,
+                 it.first_channel, it.n_channels, call.block)
+        unpool_max_channels_last(packed_grad, roi_grad, packed, g, &bins, call.block, 0,
+                                 call.block, best, best_at)
+    unpack_block(packed_grad, <floating*>call.result + it.image * g.image_stride, g,
+                 it.first_channel, it.n_channels, call.block)
+    return True
+
+
+cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
+              const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
+              const Py_ssize_t[::1] image_first, double spatial_scale,
+              const floating* features, int32_t* argmax, floating* result,
+              Geometry g, bint backward, bint packed, Py_ssize_t block, int n_threads):
+    """Fill the PoolCall and run the work items of the chosen kernel, without the GIL."""
+    cdef PoolCall call
+    cdef ScratchSpec spec
+    cdef size_t bins_bytes = 2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t)
+    cdef size_t packed_bytes = g.height * g.width * block * sizeof(floating)
+    cdef size_t pooled_bytes = g.pooled_h * g.pooled_w * block * sizeof(floating)
+    cdef size_t best_bytes = block * (sizeof(Py_ssize_t) + sizeof(floating))
+    cdef Py_ssize_t n_items = g.n_images * ((g.channels + block - 1) // block if block > 0 else 1)
+    cdef bint done
+    call.g = g
+    call.values = &values[0, 0, 0, 0]
+    call.result = result
+    call.features = features
+    call.boxes = &boxes[0, 0]
+    call.batch_index, call.roi_order = indices(batch_index), indices(roi_order)
+    call.image_first = indices(image_first)
+    call.argmax, call.spatial_scale, call.block = argmax, spatial_scale, block
+    if backward and argmax != NULL:
+        spec = scratch_spec(0, 0, 0, 0)
+    elif backward and packed:  # features and gradient blocks, one RoI's gradient block, best
+        spec = scratch_spec(0, 0, bins_bytes, 2 * packed_bytes, pooled_bytes, best_bytes)
+    elif backward:
+        spec = scratch_spec(0, 0, bins_bytes, best_bytes)
+    elif packed:  # a block of the map, one RoI's pooled block and its arg-max indices
+        spec = scratch_spec(0, 0, bins_bytes, packed_bytes, pooled_bytes,
+                            pooled_bytes // sizeof(floating) * sizeof(int32_t) if argmax != NULL else 0)
+    else:
+        spec = scratch_spec(0, 0, bins_bytes, 0)
+    with nogil:
+        if not backward and not packed:
+            done = run_items(forward_roi[floating], &call, boxes.shape[0], &spec, n_threads)
+        elif not backward:
+            done = run_items(forward_block[floating], &call, n_items, &spec, n_threads)
+        elif argmax != NULL:
+            done = run_items(backward_argmax[floating], &call, n_items, &spec, n_threads)
+        elif packed:
+            done = run_items(backward_block[floating], &call, n_items, &spec, n_threads)
+        else:
+            done = run_items(backward_share[floating], &call, n_items, &spec, n_threads)
+    return done
+
+
+def forward(const floating[:, :, :, ::1] features, bint channels_last,
+            const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+            const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+            double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+            floating[:, :, :, ::1] out, int32_t[:, :, :, ::1] argmax, bint packed,
+            Py_ssize_t block, int n_threads):
+    """RoIPool forward into `out`; False when scratch could not be allocated.
+
+    Unless argmax is None, it receives each output element's arg-max pixel index y * W + x
+    (-1 if none), in the layout of `out`. Per RoI unless `packed`: then work items are
+    (image, block of `block` channels), roi_order/image_first grouping the RoIs by image.
+    """
+    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
+               <const floating*>NULL,
+               &argmax[0, 0, 0, 0] if argmax is not None else NULL, &out[0, 0, 0, 0], g,
+               False, packed, block, n_threads)
+
+
+def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
+             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+             const floating[:, :, :, ::1] features, const int32_t[:, :, :, ::1] argmax,
+             floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block, int n_threads):
+    """Gradient of roi_pool w.r.t. the features, accumulated into zeroed `grad_input`.
+
+    From `argmax` (the forward's indices) when given, else each bin's arg-max is found again
+    from `features` (`packed`: through cache-resident channel blocks). Work items are
+    (image, block of `block` channels): deterministic, no atomics.
+    """
+    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
+                                    pooled_width, 0, False)
+    return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
+               &features[0, 0, 0, 0] if features is not None else NULL,
+               <int32_t*>&argmax[0, 0, 0, 0] if argmax is not None else NULL,
+               &grad_input[0, 0, 0, 0], g, True, packed, block, n_threads)
+
+
+KERNELS = {"forward": forward, "backward": backward}

@@ -1,0 +1,17 @@
+# What this build and this CPU offer: OpenMP compiled in, OpenMP's default team size, AVX2.
+# Built with the baseline flags only, so it imports on any CPU; the dispatcher asks it which
+# build of the kernels to run.
+
+from roialign_cy._shims cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads, roialign_cpu_has_avx2
+
+OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
+
+
+def openmp_max_threads():
+    """omp_get_max_threads(): the team size a parallel region gets by default (1 if serial)."""
+    return omp_get_max_threads()
+
+
+def cpu_has_avx2():
+    """Whether this CPU, and the OS, can run the AVX2 build of the kernels."""
+    return roialign_cpu_has_avx2()

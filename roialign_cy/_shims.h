@@ -1,0 +1,56 @@
+/* C shims for roialign_cy, declared once for Cython in _shims.pxd.
+ *
+ * - OpenMP: the real runtime when the extension is built with OpenMP, serial stand-ins
+ *   otherwise (so no module needs omp.h for the serial fallback build);
+ * - the CPU's AVX2 support, asked at run time (libgcc/compiler-rt also check that the OS
+ *   saves the 256-bit registers, XGETBV);
+ * - a 4 x 4 float32 transpose through SSE registers, with a scalar stand-in off x86.
+ */
+#ifndef ROIALIGN_CY_SHIMS_H
+#define ROIALIGN_CY_SHIMS_H
+
+#include <stddef.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define ROIALIGN_HAVE_OPENMP 1
+#else
+#define ROIALIGN_HAVE_OPENMP 0
+static int omp_get_max_threads(void) { return 1; }
+static int omp_get_thread_num(void) { return 0; }
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+static int roialign_cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#else
+static int roialign_cpu_has_avx2(void) { return 0; }
+#endif
+
+/* dst[j * dst_stride + i] = src[i * src_stride + j] for i, j < 4. */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <xmmintrin.h>
+static inline void roialign_transpose4(const float* src, ptrdiff_t src_stride,
+                                       float* dst, ptrdiff_t dst_stride) {
+    __m128 r0 = _mm_loadu_ps(src);
+    __m128 r1 = _mm_loadu_ps(src + src_stride);
+    __m128 r2 = _mm_loadu_ps(src + 2 * src_stride);
+    __m128 r3 = _mm_loadu_ps(src + 3 * src_stride);
+    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+    _mm_storeu_ps(dst, r0);
+    _mm_storeu_ps(dst + dst_stride, r1);
+    _mm_storeu_ps(dst + 2 * dst_stride, r2);
+    _mm_storeu_ps(dst + 3 * dst_stride, r3);
+}
+#else
+static inline void roialign_transpose4(const float* src, ptrdiff_t src_stride,
+                                       float* dst, ptrdiff_t dst_stride) {
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++)
+            dst[j * dst_stride + i] = src[i * src_stride + j];
+}
+#endif
+
+#endif /* ROIALIGN_CY_SHIMS_H */
