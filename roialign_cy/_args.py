@@ -23,7 +23,7 @@ from roialign_cy import _boxes
 LAYOUTS = ("NCHW", "NHWC")
 MODES = ("avg", "max")
 _CHANNELS_LAST = {"NCHW": False, "NHWC": True}
-_MAX_MODE = {"avg": False, "max": True}
+MAX_MODE = {"avg": False, "max": True}  # mode -> max_mode
 _new = tuple.__new__  # builds a record without a Python-level __new__ call
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
@@ -51,7 +51,7 @@ def check_mode(mode):
 def max_mode(mode):
     """Whether mode is "max" (True) or "avg" (False); ValueError for anything else."""
     if type(mode) is str:
-        is_max = _MAX_MODE.get(mode)
+        is_max = MAX_MODE.get(mode)
         if is_max is not None:
             return is_max
     return check_mode(mode) == "max"
@@ -193,13 +193,9 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
     (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
     """
-    rows = None
-    if type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5:
-        box_dtype = boxes.dtype
-        if (box_dtype is _FLOAT32 or box_dtype is _FLOAT64) and boxes.flags.c_contiguous:
-            rows = boxes  # the common case: read in place
-    if rows is not None:
-        pass
+    if (type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5
+            and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64) and boxes.flags.c_contiguous):
+        rows = boxes  # the usual form: read in place by split_rows
     elif isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
             raise ValueError(
@@ -408,18 +404,23 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
         check_layout(layout)
-    features, was_3d, result_dtype = check_features(input, layout)
-    dtype = features.dtype
+    dtype = input.dtype if type(input) is np.ndarray and input.ndim == 4 else None
+    if (dtype is _FLOAT32 or dtype is _FLOAT64) and input.flags.c_contiguous and (
+            input.shape[1] and input.shape[2] if channels_last else input.shape[2] and input.shape[3]):
+        features, was_3d, result_dtype = input.view(), False, dtype  # check_features' fast route
+    else:
+        features, was_3d, result_dtype = check_features(input, layout)
+        dtype = features.dtype
     if type(output_size) is int and 0 < output_size <= _INT32_MAX:
         pooled = (output_size, output_size)
     else:
         pooled = check_output_size(output_size)
     if not (type(spatial_scale) is float and 0 < spatial_scale < math.inf):
         spatial_scale = check_spatial_scale(spatial_scale)
-    batch_index, coords = check_boxes(boxes, features.shape[0], was_3d, dtype)
+    map_shape = features.shape
+    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype)
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
-    map_shape = features.shape
     n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
     ph, pw = pooled
     shape = (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw)

@@ -143,11 +143,12 @@ def plan(call, num_threads, variant, grouped, packable=True, n_buffers=1):
         packed = packable and variant == "packed"
     else:
         raise ValueError(f"variant must be None or one of {VARIANTS}, got {variant!r}")
+    roi_order = image_first = None
+    block = 1  # unused by the per-RoI forward, whose work items are RoIs
     if packed:
         block = packed_block(map_shape, channels_last, itemsize, n_threads, n_buffers)
-    else:
+    elif grouped:
         block = channel_share(n_threads, n_images, map_shape[3] if channels_last else map_shape[1])
-    roi_order = image_first = None
     if packed or grouped:
         roi_order, image_first = _boxes.group_by_image(call.batch_index, n_images)
     return _new(Plan, (n_threads, num_threads is None and n_threads > 1, packed, block,

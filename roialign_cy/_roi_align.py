@@ -86,15 +86,17 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
     >>> roi_align(features, boxes, output_size=1, sampling_ratio=2)
     array([[[[5.]]]], dtype=float32)
     """
-    return forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned,
-                   layout=layout, mode=mode, out=out, num_threads=num_threads)
+    return forward(input, boxes, output_size, spatial_scale, sampling_ratio, aligned, layout, mode,
+                   out, num_threads)
 
 
-def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *,
+def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
             layout="NCHW", mode="avg", out=None, num_threads=None, variant=None, build=None):
     """roi_align with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
-    max_mode = _args.max_mode(mode)
+    max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
+    if max_mode is None:
+        max_mode = _args.max_mode(mode)
     if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
         sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
@@ -162,16 +164,17 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
            [0.0625, 0.125 , 0.0625]], dtype=float32)
     """
     return backward(grad_output, boxes, input_shape, output_size, spatial_scale, sampling_ratio,
-                    aligned, layout=layout, mode=mode, input=input, out=out,
-                    num_threads=num_threads)
+                    aligned, layout, mode, input, out, num_threads)
 
 
 def backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1,
-             aligned=False, *, layout="NCHW", mode="avg", input=None, out=None,
-             num_threads=None, variant=None, build=None):
+             aligned=False, layout="NCHW", mode="avg", input=None, out=None, num_threads=None,
+             variant=None, build=None):
     """roi_align_backward with the kernel variant and build forced (see forward). Max mode
     has no packed kernel: it always runs per RoI."""
-    max_mode = _args.max_mode(mode)
+    max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
+    if max_mode is None:
+        max_mode = _args.max_mode(mode)
     if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
         sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
     call = _args.backward_call(grad_output, boxes, input_shape, output_size, spatial_scale,

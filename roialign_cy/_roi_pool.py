@@ -65,11 +65,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
     array([[ 5.,  6.],
            [ 9., 10.]], dtype=float32)
     """
-    return forward(input, boxes, output_size, spatial_scale, layout=layout, out=out,
-                   num_threads=num_threads, return_argmax=return_argmax)
+    return forward(input, boxes, output_size, spatial_scale, layout, out, num_threads,
+                   return_argmax)
 
 
-def forward(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out=None,
+def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=None,
             num_threads=None, return_argmax=False, variant=None, build=None):
     """roi_pool with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
@@ -129,12 +129,12 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
            [0., 0., 1., 0.],
            [0., 0., 0., 0.]], dtype=float32)
     """
-    return backward(grad_output, boxes, input, output_size, spatial_scale, layout=layout, out=out,
-                    num_threads=num_threads, argmax=argmax)
+    return backward(grad_output, boxes, input, output_size, spatial_scale, layout, out,
+                    num_threads, argmax)
 
 
-def backward(grad_output, boxes, input, output_size, spatial_scale=1.0, *, layout="NCHW",
-             out=None, num_threads=None, argmax=None, variant=None, build=None):
+def backward(grad_output, boxes, input, output_size, spatial_scale=1.0, layout="NCHW", out=None,
+             num_threads=None, argmax=None, variant=None, build=None):
     """roi_pool_backward with the kernel variant and build forced (see forward). With
     `argmax` the arg-max scatter always runs."""
     if input is None:
