@@ -143,6 +143,7 @@ DIRECTIVES = {
     "initializedcheck": DEBUG,
     "cdivision": True,
     "embedsignature": True,
+    "autotestdict": False,  # no __test__ dict: the stubs list every public name
 }
 
 

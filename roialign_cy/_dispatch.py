@@ -8,6 +8,7 @@ forces the baseline.
 """
 
 import os
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def _chosen(builds):
 
 # Every kernel table made by kernel_table, so that a test can replace every compiled entry
 # point at once (to prove that bad input never reaches one).
-TABLES = []
+TABLES: List[Dict[Tuple[str, str, Any], Callable[..., bool]]] = []
 _CPU_BUILDS = _usable_builds()
 BUILDS = _CPU_BUILDS  # narrowed below to what was really compiled
 SIMD = _chosen(BUILDS)

@@ -12,7 +12,7 @@ from roialign_cy import _roi_align_kernels as _baseline
 try:
     from roialign_cy import _roi_align_kernels_avx2 as _avx2
 except ImportError:  # not built: not x86-64, or a compiler without -mavx2
-    _avx2 = None
+    _avx2 = None  # type: ignore[assignment]
 
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
 
@@ -244,4 +244,4 @@ class RoIAlign:
     def __eq__(self, other):
         return type(other) is type(self) and vars(other) == vars(self)
 
-    __hash__ = None  # mutable attributes: not hashable
+    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

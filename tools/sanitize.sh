@@ -64,7 +64,7 @@ run_asan() {
         tail -40 "$dir/build.log" >&2
         return 2
     }
-    if ! nm -D "$dir"/roialign_cy/_kernels*.so | grep __asan_report >/dev/null; then
+    if ! nm -D "$dir"/roialign_cy/_roi_align_kernels*.so | grep __asan_report >/dev/null; then
         echo "asan: the extension was not instrumented" >&2
         return 2
     fi
@@ -152,7 +152,7 @@ text = open(sys.argv[1]).read()
 records = re.split(r"\n==\d+==\s*\n", text)
 errors = [r for r in records if re.search(r"Invalid (read|write)|uninitialised|Invalid free"
                                           r"|Mismatched free|overlap|Syscall param", r)]
-ours = [r for r in errors if re.search(r"roialign_cy/_\w+\.(pyx|pxd|c)|_kernels|_pool_kernels|_boxes", r)]
+ours = [r for r in errors if re.search(r"roialign_cy/_\w+\.(pyx|pxd|c)|_kernels|_boxes|_runtime", r)]
 print(f"{len(errors)} memcheck error records, {len(ours)} in roialign_cy")
 for record in ours[:5]:
     print(record)
