@@ -9,7 +9,7 @@
 
 from libc.stdint cimport int32_t
 
-from roialign_cy._geometry cimport Geometry
+from roialign_cy._kernel_call cimport Geometry
 from roialign_cy._sample_table cimport floating
 from roialign_cy._shims cimport transpose4
 
@@ -80,30 +80,44 @@ cdef inline void zero_padding(floating* packed, Py_ssize_t n_rows, Py_ssize_t n_
                 packed[r * block + c] = 0
 
 
+cdef inline void copy_rows(const floating* src, Py_ssize_t src_stride, floating* dst,
+                           Py_ssize_t dst_stride, Py_ssize_t n_rows,
+                           Py_ssize_t n_cols) noexcept nogil:
+    """dst[r * dst_stride + c] = src[r * src_stride + c]: channels-last pixels, contiguous."""
+    cdef Py_ssize_t r, c
+    for r in range(n_rows):
+        for c in range(n_cols):
+            dst[r * dst_stride + c] = src[r * src_stride + c]
+
+
+cdef inline void transpose_planes(floating* planes, Py_ssize_t plane_stride, floating* packed,
+                                  Py_ssize_t block, Py_ssize_t n_channels, Py_ssize_t n_pixels,
+                                  bint to_packed) noexcept nogil:
+    """Channel planes to packed (n_pixels, block) rows (to_packed), or back, PACK_TILE pixels
+    at a time (the tile stays in L1)."""
+    cdef Py_ssize_t tile = 0
+    cdef Py_ssize_t tile_end
+    while tile < n_pixels:
+        tile_end = tile + PACK_TILE if tile + PACK_TILE < n_pixels else n_pixels
+        if to_packed:
+            transpose(planes + tile, plane_stride, packed + tile * block, block, n_channels,
+                      tile_end - tile)
+        else:
+            transpose(packed + tile * block, block, planes + tile, plane_stride,
+                      tile_end - tile, n_channels)
+        tile = tile_end
+
+
 cdef inline void pack_block(const floating* image, const Geometry* g, Py_ssize_t c0,
                             Py_ssize_t n_channels, floating* packed,
                             Py_ssize_t block) noexcept nogil:
-    """Copy channels [c0, c0 + n_channels) of one image to packed (H*W, block), zero-padded.
-
-    Channels-first planes are transposed PACK_TILE pixels at a time (the tile stays in L1).
-    """
+    """Copy channels [c0, c0 + n_channels) of one image to packed (H*W, block), zero-padded."""
     cdef Py_ssize_t n_pixels = g.height * g.width
-    cdef Py_ssize_t p, c, tile, tile_end
-    cdef const floating* src
-    cdef floating* dst
     if g.channels_last:
-        for p in range(n_pixels):
-            src = image + p * g.channels + c0
-            dst = packed + p * block
-            for c in range(n_channels):
-                dst[c] = src[c]
+        copy_rows(image + c0, g.channels, packed, block, n_pixels, n_channels)
     else:
-        tile = 0
-        while tile < n_pixels:
-            tile_end = tile + PACK_TILE if tile + PACK_TILE < n_pixels else n_pixels
-            transpose(image + c0 * g.channel_stride + tile, g.channel_stride,
-                      packed + tile * block, block, n_channels, tile_end - tile)
-            tile = tile_end
+        transpose_planes(<floating*>image + c0 * g.channel_stride, g.channel_stride, packed,
+                         block, n_channels, n_pixels, True)
     zero_padding(packed, n_pixels, n_channels, block)
 
 
@@ -127,22 +141,11 @@ cdef inline void unpack_block(const floating* packed, floating* image, const Geo
                               Py_ssize_t block) noexcept nogil:
     """Write packed (H*W, block) back to channels [c0, c0 + n_channels) of one image."""
     cdef Py_ssize_t n_pixels = g.height * g.width
-    cdef Py_ssize_t p, c, tile, tile_end
-    cdef const floating* src
-    cdef floating* dst
     if g.channels_last:
-        for p in range(n_pixels):
-            src = packed + p * block
-            dst = image + p * g.channels + c0
-            for c in range(n_channels):
-                dst[c] = src[c]
-        return
-    tile = 0
-    while tile < n_pixels:
-        tile_end = tile + PACK_TILE if tile + PACK_TILE < n_pixels else n_pixels
-        transpose(packed + tile * block, block, image + c0 * g.channel_stride + tile,
-                  g.channel_stride, tile_end - tile, n_channels)
-        tile = tile_end
+        copy_rows(packed, block, image + c0, g.channels, n_pixels, n_channels)
+    else:
+        transpose_planes(image + c0 * g.channel_stride, g.channel_stride, <floating*>packed,
+                         block, n_channels, n_pixels, False)
 
 
 cdef inline void pack_roi(const floating* values_roi, floating* packed_roi, const Geometry* g,

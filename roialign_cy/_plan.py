@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from roialign_cy import _boxes, _runtime
+from roialign_cy import _boxes, _dispatch, _runtime
 from roialign_cy._args import check_int
 
 # Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
@@ -164,9 +164,19 @@ class _SharedTeams:
     active = 0  # default-sized multi-threaded calls running right now
 
 
-def run(kernel, arguments, plan, what):
-    """kernel(*arguments, n_threads) on the plan's team; MemoryError naming `what` when its
-    scratch could not be allocated."""
+def run(table, direction, build, call, plan, operator_arguments, what):
+    """Run the operator's `direction` kernel for `build` (None: the default) on the plan's team.
+
+    Every kernel takes one argument order: the call's arrays and geometry, then the
+    operator's own `operator_arguments`, then the plan. MemoryError naming `what` when the
+    kernel could not allocate its scratch.
+    """
+    build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
+    kernel = table[direction, build, call.values.dtype]
+    ph, pw = call.pooled
+    arguments = (call.values, call.channels_last, call.coords, call.batch_index, plan.roi_order,
+                 plan.image_first, call.spatial_scale, ph, pw, *operator_arguments, plan.packed,
+                 plan.block)
     if not plan.shared:
         done = kernel(*arguments, plan.n_threads)
     else:

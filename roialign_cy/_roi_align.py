@@ -102,12 +102,8 @@ def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, ali
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
         plan = _plan.plan(call, num_threads, variant, grouped=False)
-        build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
-        kernel = KERNELS["forward", build, call.values.dtype]
-        _plan.run(kernel, (call.values, call.channels_last, call.coords, call.batch_index,
-                           plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
-                           sampling_ratio, bool(aligned), max_mode, call.kernel_out,
-                           plan.packed, plan.block), plan, "roi_align")
+        _plan.run(KERNELS, "forward", build, call, plan,
+                  (sampling_ratio, bool(aligned), max_mode, call.kernel_out), "roi_align")
     return _args.deliver(call)
 
 
@@ -181,12 +177,8 @@ def backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sa
                                layout, input, max_mode, out)
     if call.values.size:
         plan = _plan.plan(call, num_threads, variant, grouped=True, packable=not max_mode)
-        build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
-        kernel = KERNELS["backward", build, call.values.dtype]
-        _plan.run(kernel, (call.values, call.channels_last, call.coords, call.batch_index,
-                           plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
-                           sampling_ratio, bool(aligned), max_mode, call.features,
-                           call.kernel_out, plan.packed, plan.block), plan,
+        _plan.run(KERNELS, "backward", build, call, plan,
+                  (sampling_ratio, bool(aligned), max_mode, call.features, call.kernel_out),
                   "roi_align_backward")
     return _args.deliver(call)
 

@@ -1,7 +1,7 @@
 # The RoIAlign kernels (roi_align, roi_align_backward). Private: _roi_align.py validates every
 # argument and hands over private, canonical arrays (C-contiguous in their layout, native
 # byte order, boxes in the features' dtype, batch indices checked), so nothing here
-# re-checks them. Each entry point fills an AlignCall and runs its work items through
+# re-checks them. Each entry point fills a KernelCall and runs its work items through
 # _work_items.run_items.
 
 from libc.string cimport memset
@@ -14,7 +14,13 @@ from roialign_cy._channel_blocks cimport (
     unpack_block,
     unpack_roi,
 )
-from roialign_cy._geometry cimport Geometry, make_geometry
+from roialign_cy._kernel_call cimport (
+    Geometry,
+    KernelCall,
+    kernel_call,
+    make_geometry,
+    n_block_items,
+)
 from roialign_cy._sample_table cimport (
     RoIGrid,
     SampleTable,
@@ -290,30 +296,9 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
     return True
 
 
-cdef struct AlignCall:
-    # One kernel call, as every work item sees it (read-only while the team runs).
-    Geometry g
-    const void* values             # features (forward) or grad_output (backward), type T
-    void* result                   # the pooled output (forward) or grad_input (backward)
-    const void* features           # max-mode backward: the forward's features, else NULL
-    const void* boxes              # (K, 4) x1, y1, x2, y2 in type T
-    const Py_ssize_t* batch_index  # (K,), checked in [0, N)
-    const Py_ssize_t* roi_order    # RoIs grouped by image (stable) ...
-    const Py_ssize_t* image_first  # ... image b's are roi_order[image_first[b]:image_first[b + 1]]
-    double spatial_scale
-    bint max_mode
-    Py_ssize_t block               # channels per (image, channel block) work item
-
-
-cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
-    """The first element of an index array, NULL for None or an empty one."""
-    return &array[0] if array is not None and array.shape[0] > 0 else NULL
-
-
-cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
     """Per-RoI forward, work item k: every channel of RoI k."""
-    cdef const AlignCall* call = <const AlignCall*>call_
     cdef const Geometry* g = &call.g
     return pool_roi(<const floating*>call.values + call.batch_index[k] * g.image_stride,
                     <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale,
@@ -321,14 +306,13 @@ cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
                     call.max_mode)
 
 
-cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                         const floating* type_tag) noexcept nogil:
     """Packed forward: pack one channel block of one image, pool all its RoIs from it.
 
     Same numbers as forward_roi, bit for bit: each output element still sums its samples
     in torchvision's order.
     """
-    cdef const AlignCall* call = <const AlignCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* packed = <floating*>scratch.buffers[0]
@@ -349,14 +333,13 @@ cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
     return True
 
 
-cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                          const floating* type_tag) noexcept nogil:
     """Per-RoI backward: the gradient of one channel block of one image, from all its RoIs.
 
     Items own disjoint elements, and each element sums its contributions in torchvision's
     order (RoIs ascending, then bins, samples, taps): deterministic for any thread count.
     """
-    cdef const AlignCall* call = <const AlignCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
@@ -374,11 +357,10 @@ cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
     return True
 
 
-cdef bint backward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                          const floating* type_tag) noexcept nogil:
     """Packed average-mode backward: accumulate all the image's RoIs into a cache-resident
     packed block, then write it out once. Bit-identical to backward_share."""
-    cdef const AlignCall* call = <const AlignCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* packed = <floating*>scratch.buffers[0]
@@ -404,20 +386,14 @@ cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
               const Py_ssize_t[::1] image_first, double spatial_scale, bint max_mode,
               const floating* features, floating* result, Geometry g,
               bint backward, bint packed, Py_ssize_t block, int n_threads):
-    """Fill the AlignCall and run the work items of the chosen kernel, without the GIL."""
-    cdef AlignCall call
+    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
+    cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
+                                       batch_index, roi_order, image_first, spatial_scale, block)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef Py_ssize_t n_items = g.n_images * ((g.channels + block - 1) // block if block > 0 else 1)
+    cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef bint done
-    call.g = g
-    call.values = &values[0, 0, 0, 0]
-    call.result = result
-    call.features = features
-    call.boxes = &boxes[0, 0]
-    call.batch_index, call.roi_order = indices(batch_index), indices(roi_order)
-    call.image_first = indices(image_first)
-    call.spatial_scale, call.max_mode, call.block = spatial_scale, max_mode, block
+    call.max_mode = max_mode
     if packed:  # a block of the map and one RoI's pooled block per thread
         spec = scratch_spec(g.pooled_h, g.pooled_w, g.height * g.width * block * sizeof(floating),
                             n_bins * block * sizeof(floating))

@@ -80,11 +80,7 @@ def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=Non
         argmax = np.empty(call.kernel_out.shape, np.int32)
     if call.kernel_out.size:
         plan = _plan.plan(call, num_threads, variant, grouped=False)
-        build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
-        kernel = KERNELS["forward", build, call.values.dtype]
-        _plan.run(kernel, (call.values, call.channels_last, call.coords, call.batch_index,
-                           plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
-                           call.kernel_out, argmax, plan.packed, plan.block), plan, "roi_pool")
+        _plan.run(KERNELS, "forward", build, call, plan, (call.kernel_out, argmax), "roi_pool")
     pooled = _args.deliver(call)
     return (pooled, argmax) if return_argmax else pooled
 
@@ -147,12 +143,8 @@ def backward(grad_output, boxes, input, output_size, spatial_scale=1.0, layout="
     if call.values.size:
         plan = _plan.plan(call, num_threads, variant, grouped=True, packable=argmax is None,
                           n_buffers=2)
-        build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
-        kernel = KERNELS["backward", build, call.values.dtype]
-        _plan.run(kernel, (call.values, call.channels_last, call.coords, call.batch_index,
-                           plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
-                           call.features, argmax, call.kernel_out, plan.packed, plan.block),
-                  plan, "roi_pool_backward")
+        _plan.run(KERNELS, "backward", build, call, plan,
+                  (call.features, argmax, call.kernel_out), "roi_pool_backward")
     return _args.deliver(call)
 
 

@@ -2,7 +2,7 @@
 # with torchvision's exact semantics: box corners rounded to feature pixels, an inclusive +1
 # size, bins [floor(p * bin), ceil((p + 1) * bin)) clipped to the map, an empty bin gives 0,
 # the first maximum wins (strict `>` from -FLT_MAX, so NaN never wins). Private:
-# _roi_pool.py hands over private, canonical arrays. Each entry point fills a PoolCall and
+# _roi_pool.py hands over private, canonical arrays. Each entry point fills a KernelCall and
 # runs its work items through _work_items.run_items.
 
 from libc.float cimport FLT_MAX
@@ -18,7 +18,13 @@ from roialign_cy._channel_blocks cimport (
     unpack_block,
     unpack_roi,
 )
-from roialign_cy._geometry cimport Geometry, make_geometry
+from roialign_cy._kernel_call cimport (
+    Geometry,
+    KernelCall,
+    kernel_call,
+    make_geometry,
+    n_block_items,
+)
 from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
@@ -195,30 +201,9 @@ cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bin
                 grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
 
 
-cdef struct PoolCall:
-    # One kernel call, as every work item sees it (read-only while the team runs).
-    Geometry g
-    const void* values             # features (forward) or grad_output (backward), type T
-    void* result                   # the pooled output (forward) or grad_input (backward)
-    const void* features           # backward without arg-max: the forward's features
-    const void* boxes              # (K, 4) x1, y1, x2, y2 in type T
-    const Py_ssize_t* batch_index  # (K,), checked in [0, N)
-    const Py_ssize_t* roi_order    # RoIs grouped by image (stable) ...
-    const Py_ssize_t* image_first  # ... image b's are roi_order[image_first[b]:image_first[b + 1]]
-    int32_t* argmax                # arg-max indices y * W + x (out, or in for the backward), or NULL
-    double spatial_scale
-    Py_ssize_t block               # channels per (image, channel block) work item
-
-
-cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
-    """The first element of an index array, NULL for None or an empty one."""
-    return &array[0] if array is not None and array.shape[0] > 0 else NULL
-
-
-cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
     """Per-RoI forward, work item k: every channel of RoI k (and its arg-max indices)."""
-    cdef const PoolCall* call = <const PoolCall*>call_
     cdef const Geometry* g = &call.g
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
@@ -236,11 +221,10 @@ cdef bint forward_roi(const void* call_, Scratch* scratch, Py_ssize_t k,
     return True
 
 
-cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                         const floating* type_tag) noexcept nogil:
     """Packed forward: pool all the image's RoIs from a packed, cache-resident channel block,
     vectorized over it. Same numbers (and arg-max indices) as forward_roi."""
-    cdef const PoolCall* call = <const PoolCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
@@ -264,11 +248,10 @@ cdef bint forward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
     return True
 
 
-cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                          const floating* type_tag) noexcept nogil:
     """Per-RoI backward: each bin's gradient to its arg-max, found again from the features,
     for one channel block of one image. RoIs ascending: deterministic, no atomics."""
-    cdef const PoolCall* call = <const PoolCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
@@ -293,7 +276,7 @@ cdef bint backward_share(const void* call_, Scratch* scratch, Py_ssize_t item,
     return True
 
 
-cdef bint backward_argmax(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint backward_argmax(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                           const floating* type_tag) noexcept nogil:
     """Backward from the forward's arg-max indices (torchvision's way), one channel block of
     one image: each output element's gradient to pixel argmax (y * W + x) of its channel.
@@ -302,7 +285,6 @@ cdef bint backward_argmax(const void* call_, Scratch* scratch, Py_ssize_t item,
     The indices are the caller's memory, so each is checked where it is used: one outside
     [0, H * W) (-1: an empty bin) sends nothing.
     """
-    cdef const PoolCall* call = <const PoolCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
@@ -335,11 +317,10 @@ cdef bint backward_argmax(const void* call_, Scratch* scratch, Py_ssize_t item,
     return True
 
 
-cdef bint backward_block(const void* call_, Scratch* scratch, Py_ssize_t item,
+cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                          const floating* type_tag) noexcept nogil:
     """Packed backward: pack the features block, find every bin's arg-max from it, accumulate
     the gradients in a packed block and write it out once. Bit-identical to backward_share."""
-    cdef const PoolCall* call = <const PoolCall*>call_
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef Py_ssize_t n_packed = g.height * g.width * call.block
@@ -372,23 +353,17 @@ cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
               const Py_ssize_t[::1] image_first, double spatial_scale,
               const floating* features, int32_t* argmax, floating* result,
               Geometry g, bint backward, bint packed, Py_ssize_t block, int n_threads):
-    """Fill the PoolCall and run the work items of the chosen kernel, without the GIL."""
-    cdef PoolCall call
+    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
+    cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
+                                       batch_index, roi_order, image_first, spatial_scale, block)
     cdef ScratchSpec spec
     cdef size_t bins_bytes = 2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t)
     cdef size_t packed_bytes = g.height * g.width * block * sizeof(floating)
     cdef size_t pooled_bytes = g.pooled_h * g.pooled_w * block * sizeof(floating)
     cdef size_t best_bytes = block * (sizeof(Py_ssize_t) + sizeof(floating))
-    cdef Py_ssize_t n_items = g.n_images * ((g.channels + block - 1) // block if block > 0 else 1)
+    cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef bint done
-    call.g = g
-    call.values = &values[0, 0, 0, 0]
-    call.result = result
-    call.features = features
-    call.boxes = &boxes[0, 0]
-    call.batch_index, call.roi_order = indices(batch_index), indices(roi_order)
-    call.image_first = indices(image_first)
-    call.argmax, call.spatial_scale, call.block = argmax, spatial_scale, block
+    call.argmax = argmax
     if backward and argmax != NULL:
         spec = scratch_spec(0, 0, 0, 0)
     elif backward and packed:  # features and gradient blocks, one RoI's gradient block, best

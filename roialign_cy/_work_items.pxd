@@ -8,6 +8,7 @@
 from cython.parallel cimport prange
 from libc.stdlib cimport calloc, free, malloc
 
+from roialign_cy._kernel_call cimport KernelCall
 from roialign_cy._sample_table cimport SampleTable, floating, table_free, table_init
 from roialign_cy._shims cimport omp_get_thread_num
 
@@ -61,14 +62,14 @@ cdef inline void scratch_free(Scratch* scratch) noexcept nogil:
         free(scratch.buffers[i])
 
 
-cdef inline bint run_items(bint (*run_item)(const void* call, Scratch* scratch, Py_ssize_t item,
-                                            const floating* type_tag) noexcept nogil,
-                           const void* call, Py_ssize_t n_items, const ScratchSpec* spec,
+cdef inline bint run_items(bint (*run_item)(const KernelCall* call, Scratch* scratch,
+                                            Py_ssize_t item, const floating* type_tag) noexcept nogil,
+                           const KernelCall* call, Py_ssize_t n_items, const ScratchSpec* spec,
                            int n_threads) noexcept nogil:
     """run_item(call, scratch, item, NULL) for every item in [0, n_items) on n_threads threads.
 
-    Items are handed out dynamically (RoIs differ in cost). `call` is the kernel's own
-    read-only description of the call; type_tag only selects the float type. Returns False
+    Items are handed out dynamically (RoIs differ in cost). `call` is read-only while the
+    team runs; type_tag only selects the float type T of the item function. Returns False
     when scratch could not be allocated or an item failed (out of memory); the remaining
     items are then skipped.
     """
