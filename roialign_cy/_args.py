@@ -11,8 +11,10 @@ native byte order, float32 or float64, boxes in the features' dtype, batch indic
 """
 
 import math
+import mmap
 import numbers
 import operator
+import os
 import sys
 from typing import NamedTuple, Optional, Tuple
 
@@ -55,6 +57,15 @@ def max_mode(mode):
         if is_max is not None:
             return is_max
     return check_mode(mode) == "max"
+
+
+def check_bool(value, name):
+    """Return value as a bool: only bool and numpy.bool_ are accepted ('False' is truthy)."""
+    if value is True or value is False:
+        return value
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
 def check_int(value, name, minimum=None):
@@ -112,7 +123,11 @@ def check_spatial_scale(spatial_scale):
         return spatial_scale
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
         raise TypeError(f"spatial_scale must be a real number, got {spatial_scale!r}")
-    scale = float(spatial_scale)
+    try:
+        scale = float(spatial_scale)
+    except OverflowError:  # an int beyond float's range, e.g. 10**400
+        raise ValueError("spatial_scale must be finite and > 0, got an int beyond the float "
+                         "range") from None
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"spatial_scale must be finite and > 0, got {scale!r}")
     return scale
@@ -136,7 +151,8 @@ def check_features(array, layout, name="input", canonical=True):
     """
     if type(array) is np.ndarray and array.ndim == 4:  # the common case: no conversion
         dtype = array.dtype
-        if (dtype is _FLOAT32 or dtype is _FLOAT64) and (array.flags.c_contiguous or not canonical):
+        if (dtype is _FLOAT32 or dtype is _FLOAT64) and (not canonical or array.flags.c_contiguous
+                                                         and array.flags.aligned):
             shape = array.shape
             height, width = (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
             if height and width:
@@ -157,17 +173,22 @@ def check_features(array, layout, name="input", canonical=True):
     height, width = features.shape[1:3] if layout == "NHWC" else features.shape[2:4]
     if height == 0 or width == 0:
         raise ValueError(f"{name} has an empty feature map (H={height}, W={width})")
-    if canonical:
-        features = np.ascontiguousarray(features, dtype=dtype)
+    if canonical:  # C-contiguous and aligned: the kernels read it through typed pointers
+        features = np.require(features, dtype, ["C_CONTIGUOUS", "ALIGNED"])
     return (features.view() if features is array else features), was_3d, result_dtype
 
 
 def _as_real_array(value, name):
-    """value as a C-contiguous float64 array, refusing complex, bool and non-numeric input."""
-    array = np.asarray(value)
+    """value as a C-contiguous, aligned float64 array, refusing complex, bool, non-numeric
+    and ragged input."""
+    try:
+        array = np.asarray(value)
+    except ValueError:  # NumPy's "inhomogeneous shape": a ragged nested list
+        raise ValueError(f"{name} must be a rectangular array of numbers, got a ragged "
+                         f"sequence") from None
     if array.dtype.kind not in "iuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
-    return np.ascontiguousarray(array, dtype=np.float64)
+    return np.require(array, np.float64, ["C_CONTIGUOUS", "ALIGNED"])
 
 
 def _refuse_row(rows, row, problem, n_images, dtype, name):
@@ -194,7 +215,8 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
     """
     if (type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5
-            and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64) and boxes.flags.c_contiguous):
+            and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64) and boxes.flags.c_contiguous
+            and boxes.flags.aligned):
         rows = boxes  # the usual form: read in place by split_rows
     elif isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
@@ -237,10 +259,55 @@ def check_out(out, shape, dtype, inputs):
         raise ValueError(f"out must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
         raise ValueError("out is read-only")
-    for array in inputs:
-        if isinstance(array, np.ndarray) and np.may_share_memory(out, array):
-            raise ValueError("out overlaps an input array")
+    span = _file_span(out)
+    for name, value in inputs:
+        if _shares_memory(out, span, value):
+            raise ValueError(f"out overlaps an input ({name}): the kernel would overwrite what it reads")
     return out.view()
+
+
+def _shares_memory(out, out_span, value):
+    """Whether `value` (an array, anything np.asarray reads in place: memoryviews, objects
+    with __array_interface__, torch tensors..., or a list of such) may share memory with
+    `out`, also through another mapping of the same file."""
+    if value is None:
+        return False
+    if isinstance(value, (list, tuple)):
+        return any(_shares_memory(out, out_span, item) for item in value)
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception:  # not readable as an array: it fails its own check instead
+            return False
+    if np.may_share_memory(out, value):
+        return True
+    if out_span is None:
+        return False
+    span = _file_span(value)
+    return (span is not None and span[0] == out_span[0] and span[1] < out_span[2]
+            and out_span[1] < span[2])
+
+
+def _file_span(array):
+    """(file identity, first byte, end byte) of the file an np.memmap-backed array maps, or
+    None: two memmaps of one file are two buffers to NumPy, but one memory."""
+    base = array
+    while base is not None and getattr(base, "_mmap", None) is None:
+        base = base.base if isinstance(base, np.ndarray) else None
+    if base is None or not getattr(base, "filename", None):
+        return None
+    try:
+        identity = os.stat(base.filename)
+        mapped = np.frombuffer(base._mmap, np.uint8)
+    except (OSError, ValueError, TypeError):  # file gone, or a closed map
+        return None
+    map_start = base.offset - base.offset % mmap.ALLOCATIONGRANULARITY  # file byte of mapped[0]
+    low, high = _byte_bounds(array)
+    first = map_start + (low - mapped.__array_interface__["data"][0])
+    return (identity.st_dev, identity.st_ino), first, first + (high - low)
+
+
+_byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
 
 
 def allocate(out, shape, compute, zeroed=False):
@@ -297,14 +364,14 @@ def check_grad_output(grad_output, shape):
     if type(grad_output) is np.ndarray:  # the common case: no conversion
         dtype = grad_output.dtype
         if ((dtype is _FLOAT32 or dtype is _FLOAT64) and grad_output.flags.c_contiguous
-                and grad_output.shape == shape):
+                and grad_output.flags.aligned and grad_output.shape == shape):
             return grad_output.view(), dtype
     grad = np.asarray(grad_output)
     result_dtype = grad.dtype.newbyteorder("=")
     dtype = compute_dtype(grad.dtype, "grad_output")
     if grad.shape != tuple(shape):
         raise ValueError(f"grad_output must have shape {tuple(shape)}, got {grad.shape}")
-    grad = np.ascontiguousarray(grad, dtype=dtype)
+    grad = np.require(grad, dtype, ["C_CONTIGUOUS", "ALIGNED"])
     return (grad.view() if grad is grad_output else grad), result_dtype
 
 
@@ -313,13 +380,13 @@ def check_matching_input(input, shape, dtype, name="input"):
     if input is None:
         raise ValueError(f"{name} is required: max pooling's gradient needs the features")
     if (type(input) is np.ndarray and input.dtype is dtype and input.shape == shape
-            and input.flags.c_contiguous):
+            and input.flags.c_contiguous and input.flags.aligned):
         return input.view()  # the common case: already canonical
     features = np.asarray(input)
     compute_dtype(features.dtype, name)
     if features.shape not in (shape, shape[1:]):
         raise ValueError(f"{name} must have shape {shape}, got {features.shape}")
-    features = np.ascontiguousarray(features.reshape(shape), dtype=dtype)
+    features = np.require(features.reshape(shape), dtype, ["C_CONTIGUOUS", "ALIGNED"])
     return features.view() if features is input else features
 
 
@@ -341,14 +408,15 @@ def check_argmax(argmax, grad_shape, n_pixels):
     if indices.shape != tuple(grad_shape):
         raise ValueError(f"argmax must have grad_output's shape {tuple(grad_shape)}, "
                          f"got {indices.shape}")
-    if indices.size and not (indices.dtype is _INT32 and indices.flags.c_contiguous
+    indices = np.require(indices, None, ["C_CONTIGUOUS", "ALIGNED"])
+    if indices.size and not (indices.dtype == _INT32 and indices.dtype.isnative
                              and _boxes.all_within(indices, -1, n_pixels)):
         low, high = indices.min(), indices.max()
         if low < -1 or high >= n_pixels:
             bad = low if low < -1 else high
             raise ValueError(f"argmax holds {bad}, outside [-1, {n_pixels}): indices are "
                              f"y * W + x within a feature map of {n_pixels} pixels, or -1")
-    indices = np.ascontiguousarray(indices, dtype=np.int32)
+    indices = np.require(indices, np.int32, ["C_CONTIGUOUS", "ALIGNED"])
     return indices.view() if indices is argmax else indices
 
 
@@ -383,6 +451,7 @@ class BackwardCall(NamedTuple):
     spatial_scale: float
     pooled: Tuple[int, int]
     features: Optional[np.ndarray]   # the forward's features (canonical), when the kernel reads them
+    argmax: Optional[np.ndarray]     # roi_pool's arg-max indices (private, int32), or None
     kernel_out: np.ndarray           # the gradient the kernel accumulates into (zeroed), 4-D
     result: np.ndarray               # the same memory in input_shape (3-D for one image)
     out: Optional[np.ndarray]
@@ -405,7 +474,8 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     if channels_last is None:
         check_layout(layout)
     dtype = input.dtype if type(input) is np.ndarray and input.ndim == 4 else None
-    if (dtype is _FLOAT32 or dtype is _FLOAT64) and input.flags.c_contiguous and (
+    flags = input.flags if dtype is not None else None
+    if (dtype is _FLOAT32 or dtype is _FLOAT64) and flags.c_contiguous and flags.aligned and (
             input.shape[1] and input.shape[2] if channels_last else input.shape[2] and input.shape[3]):
         features, was_3d, result_dtype = input.view(), False, dtype  # check_features' fast route
     else:
@@ -429,7 +499,7 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     elif out is None:
         result, out_view = _fresh(shape, dtype, False), None
     else:
-        out_view = check_out(out, shape, result_dtype, (input, boxes))
+        out_view = check_out(out, shape, result_dtype, (("input", input), ("boxes", boxes)))
         result = allocate(out_view, shape, dtype)
     return _new(ForwardCall, (features, channels_last, map_shape, batch_index, coords,
                               spatial_scale, pooled, result, result, out, out_view,
@@ -437,11 +507,12 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
 
 
 def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout, input,
-                  needs_input, out):
+                  needs_input, out, argmax=None):
     """Check a backward call into a BackwardCall (see forward_call).
 
     needs_input: the kernel reads the forward's features (`input`), which must then match
-    input_shape.
+    input_shape. argmax: roi_pool's arg-max indices, or None. Every argument is checked, and
+    `out` checked not to overlap any of them, before `out` is written (zeroed).
     """
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
@@ -465,13 +536,20 @@ def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, l
     grad, result_dtype = check_grad_output(
         grad_output, (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw))
     features = check_matching_input(input, map_shape, dtype) if needs_input else None
+    indices = None
+    if argmax is not None:
+        indices = check_argmax(argmax, grad.shape,
+                               map_shape[1] * map_shape[2] if channels_last
+                               else map_shape[2] * map_shape[3])
     user_shape = map_shape[1:] if was_3d else map_shape
     if out is None:
         result, out_view = _fresh(user_shape, dtype, True), None
     else:
-        out_view = check_out(out, user_shape, result_dtype, (grad_output, boxes, input))
+        out_view = check_out(out, user_shape, result_dtype,
+                             (("grad_output", grad_output), ("boxes", boxes), ("input", input),
+                              ("argmax", argmax)))
         result = allocate(out_view, user_shape, dtype, zeroed=True)
     kernel_out = result.reshape(map_shape) if was_3d else result
     return _new(BackwardCall, (grad, channels_last, map_shape, batch_index, coords, spatial_scale,
-                               pooled, features, kernel_out, result, out, out_view,
+                               pooled, features, indices, kernel_out, result, out, out_view,
                                result_dtype))

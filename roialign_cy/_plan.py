@@ -39,20 +39,33 @@ class Plan(NamedTuple):
     image_first: Optional[np.ndarray]  # ... where each image's RoIs start in roi_order
 
 
+def _usable_cpus():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+# A team never has more threads than the process has CPUs: more only costs (and libgomp
+# exits the process when it cannot create a thread: num_threads=1000).
+USABLE_CPUS = _usable_cpus()
+# GNU libgomp's thread pool does not survive fork(): a child forked after ANY library of the
+# parent (torch, NumPy's BLAS, this package) ran an OpenMP team hangs when it starts one.
+# A forked child therefore runs every call on one thread, unless this variable says otherwise.
+THREADS_AFTER_FORK_ENV = "ROIALIGN_CY_THREADS_AFTER_FORK"
+
+
 class _ThreadState:
-    """Whether this process started an OpenMP team, and whether it is a fork of one that did.
+    """Whether this process is a fork() child where a thread team could hang."""
 
-    GNU libgomp's thread pool does not survive fork(): a child that starts a team after its
-    parent did hangs. Such children run every call on one thread instead.
-    """
-
-    team_started = False
-    forked_after_team = False
+    forked = False
 
 
 def _after_fork_in_child():
-    """os.register_at_fork hook: a child of a process with a live team must stay serial."""
-    _ThreadState.forked_after_team = _ThreadState.team_started
+    """os.register_at_fork hook: a forked child with GNU libgomp stays serial (see above)."""
+    _ThreadState.forked = (_runtime.GNU_OPENMP
+                           and os.environ.get(THREADS_AFTER_FORK_ENV, "") in ("", "0"))
 
 
 if hasattr(os, "register_at_fork"):
@@ -62,18 +75,15 @@ if hasattr(os, "register_at_fork"):
 def team_size(num_threads, work):
     """The thread count for a call of `work` output elements: None means OpenMP's default.
 
-    Capped by the work (tiny calls run on one thread) and 1 in a serial build or in a
-    process forked after this one started a thread team. A bad num_threads fails on any call.
+    Capped by the work (tiny calls run on one thread) and by the usable CPUs, and 1 in a
+    serial build or in a forked child (see above). A bad num_threads fails on any call.
     """
     if num_threads is not None and not (type(num_threads) is int and 0 < num_threads < 2**31):
         num_threads = check_int(num_threads, "num_threads", minimum=1)
-    if work < SERIAL_WORK or not _runtime.OPENMP_ENABLED or _ThreadState.forked_after_team:
+    if work < SERIAL_WORK or not _runtime.OPENMP_ENABLED or _ThreadState.forked:
         return 1
     requested = _runtime.openmp_max_threads() if num_threads is None else num_threads
-    n_threads = max(1, min(requested, work // SERIAL_WORK))
-    if n_threads > 1:
-        _ThreadState.team_started = True
-    return n_threads
+    return max(1, min(requested, USABLE_CPUS, work // SERIAL_WORK))
 
 
 def use_packed(map_shape, channels_last, n_rois, pooled, itemsize):

@@ -99,11 +99,13 @@ def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, ali
         max_mode = _args.max_mode(mode)
     if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
         sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
+    if not (aligned is True or aligned is False):
+        aligned = _args.check_bool(aligned, "aligned")
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
         plan = _plan.plan(call, num_threads, variant, grouped=False)
         _plan.run(KERNELS, "forward", build, call, plan,
-                  (sampling_ratio, bool(aligned), max_mode, call.kernel_out), "roi_align")
+                  (sampling_ratio, aligned, max_mode, call.kernel_out), "roi_align")
     return _args.deliver(call)
 
 
@@ -173,12 +175,14 @@ def backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sa
         max_mode = _args.max_mode(mode)
     if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
         sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
+    if not (aligned is True or aligned is False):
+        aligned = _args.check_bool(aligned, "aligned")
     call = _args.backward_call(grad_output, boxes, input_shape, output_size, spatial_scale,
                                layout, input, max_mode, out)
     if call.values.size:
         plan = _plan.plan(call, num_threads, variant, grouped=True, packable=not max_mode)
         _plan.run(KERNELS, "backward", build, call, plan,
-                  (sampling_ratio, bool(aligned), max_mode, call.features, call.kernel_out),
+                  (sampling_ratio, aligned, max_mode, call.features, call.kernel_out),
                   "roi_align_backward")
     return _args.deliver(call)
 
@@ -207,7 +211,7 @@ class RoIAlign:
         self.output_size = _args.check_output_size(output_size)
         self.spatial_scale = _args.check_spatial_scale(spatial_scale)
         self.sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
-        self.aligned = bool(aligned)
+        self.aligned = _args.check_bool(aligned, "aligned")
         self.mode = _args.check_mode(mode)
         self.layout = _args.check_layout(layout)
 

@@ -73,6 +73,8 @@ def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=Non
             num_threads=None, return_argmax=False, variant=None, build=None):
     """roi_pool with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
+    if not (return_argmax is True or return_argmax is False):
+        return_argmax = _args.check_bool(return_argmax, "return_argmax")
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     argmax = None
     if return_argmax:
@@ -137,14 +139,12 @@ def backward(grad_output, boxes, input, output_size, spatial_scale=1.0, layout="
         raise ValueError("input is required: roi_pool's gradient needs the features")
     _args.check_features(input, _args.check_layout(layout), canonical=False)  # converted below
     call = _args.backward_call(grad_output, boxes, np.shape(input), output_size, spatial_scale,
-                               layout, input, argmax is None, out)
-    if argmax is not None:
-        argmax = _args.check_argmax(argmax, call.values.shape, _n_pixels(call))
+                               layout, input, argmax is None, out, argmax)
     if call.values.size:
-        plan = _plan.plan(call, num_threads, variant, grouped=True, packable=argmax is None,
+        plan = _plan.plan(call, num_threads, variant, grouped=True, packable=call.argmax is None,
                           n_buffers=2)
         _plan.run(KERNELS, "backward", build, call, plan,
-                  (call.features, argmax, call.kernel_out), "roi_pool_backward")
+                  (call.features, call.argmax, call.kernel_out), "roi_pool_backward")
     return _args.deliver(call)
 
 

@@ -1,5 +1,6 @@
 # Type stub for the compiled runtime probe (private; see _dispatch.py and _plan.py).
 OPENMP_ENABLED: bool
+GNU_OPENMP: bool
 
 def openmp_max_threads() -> int: ...
 def cpu_has_avx2() -> bool: ...

@@ -2,9 +2,16 @@
 # Built with the baseline flags only, so it imports on any CPU; the dispatcher asks it which
 # build of the kernels to run.
 
-from roialign_cy._shims cimport ROIALIGN_HAVE_OPENMP, omp_get_max_threads, roialign_cpu_has_avx2
+from roialign_cy._shims cimport (
+    ROIALIGN_GNU_OPENMP,
+    ROIALIGN_HAVE_OPENMP,
+    omp_get_max_threads,
+    roialign_cpu_has_avx2,
+)
 
 OPENMP_ENABLED = bool(ROIALIGN_HAVE_OPENMP)
+# Built against GNU libgomp, whose thread pool does not survive fork().
+GNU_OPENMP = bool(ROIALIGN_GNU_OPENMP)
 
 
 def openmp_max_threads():

@@ -20,6 +20,14 @@ static int omp_get_max_threads(void) { return 1; }
 static int omp_get_thread_num(void) { return 0; }
 #endif
 
+/* GNU libgomp (gcc's runtime): its thread pool does not survive fork(). clang links LLVM's
+   libomp, MSVC its own vcomp. */
+#if defined(_OPENMP) && defined(__GNUC__) && !defined(__clang__) && !defined(__INTEL_COMPILER)
+#define ROIALIGN_GNU_OPENMP 1
+#else
+#define ROIALIGN_GNU_OPENMP 0
+#endif
+
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
 static int roialign_cpu_has_avx2(void) {
     __builtin_cpu_init();

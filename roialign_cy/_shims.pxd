@@ -3,6 +3,7 @@
 
 cdef extern from "_shims.h":
     bint ROIALIGN_HAVE_OPENMP
+    bint ROIALIGN_GNU_OPENMP
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
     bint roialign_cpu_has_avx2() noexcept nogil
