@@ -26,8 +26,10 @@ from roialign_cy._sample_table cimport (
     SampleTable,
     build_axis_tables,
     build_sample_table,
+    fits_sample_table,
     floating,
     four_taps,
+    inside_samples,
     sample_taps,
 )
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
@@ -58,7 +60,7 @@ cdef inline void pool_plane(const floating* plane, floating* out_plane, Py_ssize
                     value = four_taps(plane, &offsets[4 * s], &weights[4 * s])
                     if beats(value, acc):
                         acc = value
-                if last - first < samples_per_bin and acc < 0:  # a skipped sample is a 0 that takes part
+                if inside_samples(table, b) < samples_per_bin and acc < 0:  # a skipped 0 takes part
                     acc = 0
         else:
             acc = 0
@@ -79,7 +81,7 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
     each sample's taps on the way: no per-sample table to build. The innermost loop is
     contiguous and vectorizes; each channel still sums its samples in torchvision's order.
     """
-    cdef Py_ssize_t ph, pw, iy, ix, c, n_inside
+    cdef Py_ssize_t ph, pw, iy, ix, c
     cdef Py_ssize_t offsets[4]
     cdef floating weights[4]
     cdef const floating* p1
@@ -119,9 +121,7 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
                 for c in range(channels):
                     row[c] = row[c] / count
                 continue
-            n_inside = ((table.y_first[ph + 1] - table.y_first[ph])
-                        * (table.x_first[pw + 1] - table.x_first[pw]))
-            if n_inside < samples_per_bin:  # a skipped sample is a 0 that takes part
+            if inside_samples(table, ph * pooled_w + pw) < samples_per_bin:  # a skipped 0 takes part
                 for c in range(channels):
                     if row[c] < 0:
                         row[c] = 0
@@ -133,18 +133,23 @@ cdef inline bint pool_roi(const floating* image, const floating* box, floating s
     """Pool every channel of one RoI. False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
+    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                             g.sampling_ratio, g.height, g.width, g.row_stride,
+                             g.col_stride, max_mode, &grid):
+        return False
     if g.channels_last:
-        if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                                 g.sampling_ratio, g.height, g.width, g.row_stride,
-                                 g.col_stride, &grid):
-            return False
         pool_channels_last(image, out_roi, g.channels, table, g.pooled_h, g.pooled_w,
                            <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
         return True
+    if not fits_sample_table(table, g.pooled_h, g.pooled_w):
+        # Channels-first, many samples: each plane as a one-channel channels-last map.
+        for c in range(g.channels):
+            pool_channels_last(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
+                               1, table, g.pooled_h, g.pooled_w, <floating>grid.count,
+                               max_mode, grid.grid_h * grid.grid_w)
+        return True
     # Channels-first: one table of every sample's taps, read once per channel plane.
-    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.row_stride,
-                              g.col_stride, max_mode, &grid):
+    if not build_sample_table(table, g.pooled_h, g.pooled_w, max_mode, image):
         return False
     for c in range(g.channels):
         pool_plane(image + c * g.channel_stride, out_roi + c * g.out_channel_stride,
@@ -161,7 +166,7 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
     cdef RoIGrid grid
     if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                              g.sampling_ratio, g.height, g.width, g.width * block, block,
-                             &grid):
+                             max_mode, &grid):
         return False
     pool_channels_last(packed, pooled, block, table, g.pooled_h, g.pooled_w,
                        <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
@@ -169,18 +174,18 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
 
 
 cdef inline Py_ssize_t argmax_sample(const floating* plane, const SampleTable* table,
-                                     Py_ssize_t first, Py_ssize_t last,
-                                     double samples_per_bin) noexcept nogil:
-    """The sample whose value is the bin's max (forward's order), -1 when a skipped 0 wins."""
+                                     Py_ssize_t b, double samples_per_bin) noexcept nogil:
+    """The sample of bin b whose value is the bin's max (forward's order), -1 when a skipped
+    0 wins."""
     cdef const Py_ssize_t* offsets = table.corner_offsets
     cdef const floating* weights = <const floating*>table.corner_weights
     cdef Py_ssize_t s, best = -1
     cdef floating value, best_value = 0
-    for s in range(first, last):
+    for s in range(table.bin_first[b], table.bin_first[b + 1]):
         value = four_taps(plane, &offsets[4 * s], &weights[4 * s])
         if best < 0 or beats(value, best_value):
             best, best_value = s, value
-    if best >= 0 and last - first < samples_per_bin and best_value < 0:
+    if best >= 0 and inside_samples(table, b) < samples_per_bin and best_value < 0:
         return -1
     return best
 
@@ -208,7 +213,7 @@ cdef inline void unpool_plane(floating* grad_plane, const floating* grad_bins,
         first = table.bin_first[b]
         last = table.bin_first[b + 1]
         if max_mode:
-            s = argmax_sample(plane, table, first, last, samples_per_bin)
+            s = argmax_sample(plane, table, b, samples_per_bin)
             if s >= 0:
                 scatter_sample(grad_plane, table, s, grad, <floating>1)
         else:
@@ -253,6 +258,41 @@ cdef inline void unpool_channels_last(floating* grad_image, const floating* grad
                         g4[c] += grad_row[c] * w4 / count
 
 
+cdef inline void unpool_max_axes(floating* grad_plane, const floating* grad_bins,
+                                 Py_ssize_t bin_stride, const floating* plane,
+                                 const SampleTable* table, Py_ssize_t pooled_h,
+                                 Py_ssize_t pooled_w, double samples_per_bin) noexcept nogil:
+    """Max-mode backward of one channel plane without a per-sample table: each bin's
+    gradient to the 4 taps of its first maximum (argmax_sample's rules), from the axis
+    tables. `plane` and `grad_plane` may be channels-last (the taps carry the strides)."""
+    cdef Py_ssize_t ph, pw, iy, ix, i
+    cdef Py_ssize_t offsets[4]
+    cdef Py_ssize_t best_offsets[4]
+    cdef floating weights[4]
+    cdef floating best_weights[4]
+    cdef floating value, best_value, grad
+    cdef bint found
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            found = False
+            best_value = 0
+            for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], True, offsets,
+                                weights)
+                    value = four_taps(plane, offsets, weights)
+                    if not found or beats(value, best_value):
+                        found, best_value = True, value
+                        for i in range(4):
+                            best_offsets[i], best_weights[i] = offsets[i], weights[i]
+            if not found or (inside_samples(table, ph * pooled_w + pw) < samples_per_bin
+                             and best_value < 0):
+                continue  # no sample inside, or a skipped 0 is the maximum
+            grad = grad_bins[(ph * pooled_w + pw) * bin_stride]
+            for i in range(4):
+                grad_plane[best_offsets[i]] += grad * best_weights[i]
+
+
 cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
                             const floating* image, const floating* box, floating spatial_scale,
                             const Geometry* g, SampleTable* table, bint max_mode,
@@ -260,18 +300,29 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
     """Backward of pool_roi for channels [c0, c1). False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
+    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                             g.sampling_ratio, g.height, g.width, g.row_stride,
+                             g.col_stride, max_mode, &grid):
+        return False
     if g.channels_last and not max_mode:
-        if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                                 g.sampling_ratio, g.height, g.width, g.row_stride,
-                                 g.col_stride, &grid):
-            return False
         unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table, g.pooled_h,
                              g.pooled_w, <floating>grid.count)
         return True
+    if not fits_sample_table(table, g.pooled_h, g.pooled_w):
+        # Many samples: one channel at a time, its taps formed from the axis tables.
+        for c in range(c0, c1):
+            if max_mode:
+                unpool_max_axes(grad_image + c * g.channel_stride,
+                                grad_roi + c * g.out_channel_stride, g.out_bin_stride,
+                                image + c * g.channel_stride, table, g.pooled_h, g.pooled_w,
+                                grid.grid_h * grid.grid_w)
+            else:  # channels-first: each plane as a one-channel channels-last map
+                unpool_channels_last(grad_image + c * g.channel_stride,
+                                     grad_roi + c * g.out_channel_stride, 1, 0, 1, table,
+                                     g.pooled_h, g.pooled_w, <floating>grid.count)
+        return True
     # Channels-first, and max mode in either layout: one channel at a time.
-    if not build_sample_table(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                              g.sampling_ratio, g.height, g.width, g.row_stride,
-                              g.col_stride, max_mode, &grid):
+    if not build_sample_table(table, g.pooled_h, g.pooled_w, max_mode, grad_image):
         return False
     for c in range(c0, c1):
         unpool_plane(grad_image + c * g.channel_stride, grad_roi + c * g.out_channel_stride,
@@ -288,7 +339,7 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
     cdef RoIGrid grid
     if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
                              g.sampling_ratio, g.height, g.width, g.width * block, block,
-                             &grid):
+                             False, &grid):
         return False
     pack_roi(grad_roi, roi_grad, g, c0, n_channels, block)
     unpool_channels_last(packed, roi_grad, block, 0, block, table, g.pooled_h, g.pooled_w,

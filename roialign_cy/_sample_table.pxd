@@ -8,6 +8,16 @@
 # along each axis, sample coordinates are monotone in the sample index (every rounding step
 # is), so the inside ones form one run, found by bisection; and where the float type can no
 # longer tell neighbouring samples apart, equal coordinates are kept once with a repeat count.
+#
+# Grids finer than the map can resolve (MERGE_SAMPLES samples per RoI, or MERGE_AXIS along one
+# axis) are not walked sample by sample at all. The bilinear weight of a sample is a product of
+# a y factor and an x factor, so a bin's sum is separable: along each axis, the inside samples
+# that fall in one pixel cell are merged into one entry holding the sums of their weights, in
+# closed form (their coordinates are an arithmetic run). Work and memory then grow with the map
+# cells a bin covers, never with the grid, and no float sum runs over more than a few entries
+# (a float32 sum of 2**24 samples would stop growing). For max mode a cell keeps its first and
+# last sample instead: the bilinear interpolant is linear along each axis inside a cell, so the
+# bin's first maximum is always one of those.
 
 from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.math cimport ceil, floor, fmax
@@ -25,6 +35,18 @@ cdef enum:
 # bit for bit) up to this many; a longer run is stored once with its repeat count.
 cdef enum:
     LONGEST_UNMERGED_RUN = 1024
+# Grids are merged per pixel cell (see above) from this many samples per RoI (PH*PW*grid_h*
+# grid_w: a 7 x 7 output with sampling_ratio 74, or a box 512 feature pixels wide with the
+# adaptive grid), or from this many along one axis (PH*grid_h). Below both, the numbers are
+# torchvision's, bit for bit, and max mode's are even when merged.
+cdef enum:
+    MERGE_SAMPLES = 1 << 18
+    MERGE_AXIS = 1 << 16
+# A channels-first kernel reads one table of every sample's 4 taps per channel plane up to
+# this many samples per RoI (12 MB a thread): every unmerged RoI. Beyond (a merged grid over
+# a huge map region), it forms the taps from the axis tables, plane by plane.
+cdef enum:
+    TABLE_SAMPLES = 1 << 18
 
 
 cdef struct AxisSample:
@@ -51,9 +73,12 @@ cdef struct RoIGrid:
 cdef struct SampleTable:
     # Scratch owned by one thread, reused for every RoI it handles (grown, never shrunk).
     Py_ssize_t n_bins              # PH * PW
+    Py_ssize_t pooled_w            # PW
     Py_ssize_t* bin_first          # n_bins + 1: samples of bin b are [bin_first[b], bin_first[b + 1])
     Py_ssize_t* y_first            # PH + 1, the same for the y axis samples
     Py_ssize_t* x_first            # PW + 1
+    double* y_inside               # PH: grid samples of row ph inside the map (merged or not)
+    double* x_inside               # PW
     AxisSample* y_samples
     AxisSample* x_samples
     Py_ssize_t y_capacity          # entries y_samples can hold
@@ -69,9 +94,12 @@ cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t 
     table_free releases what it allocated, also after a failure.
     """
     table.n_bins = pooled_h * pooled_w
+    table.pooled_w = pooled_w
     table.bin_first = <Py_ssize_t*>malloc((table.n_bins + 1) * sizeof(Py_ssize_t))
     table.y_first = <Py_ssize_t*>malloc((pooled_h + 1) * sizeof(Py_ssize_t))
     table.x_first = <Py_ssize_t*>malloc((pooled_w + 1) * sizeof(Py_ssize_t))
+    table.y_inside = <double*>malloc(pooled_h * sizeof(double))
+    table.x_inside = <double*>malloc(pooled_w * sizeof(double))
     table.y_samples = NULL
     table.x_samples = NULL
     table.y_capacity = 0
@@ -79,7 +107,8 @@ cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t 
     table.corner_offsets = NULL
     table.corner_weights = NULL
     table.sample_capacity = 0
-    return table.bin_first != NULL and table.y_first != NULL and table.x_first != NULL
+    return (table.bin_first != NULL and table.y_first != NULL and table.x_first != NULL
+            and table.y_inside != NULL and table.x_inside != NULL)
 
 
 cdef inline void table_free(SampleTable* table) noexcept nogil:
@@ -87,6 +116,8 @@ cdef inline void table_free(SampleTable* table) noexcept nogil:
     free(table.bin_first)
     free(table.y_first)
     free(table.x_first)
+    free(table.y_inside)
+    free(table.x_inside)
     free(table.y_samples)
     free(table.x_samples)
     free(table.corner_offsets)
@@ -216,12 +247,54 @@ cdef inline bint push_sample(AxisSample** samples, Py_ssize_t* capacity, Py_ssiz
     return True
 
 
+cdef inline bint push_cell(AxisSample** samples, Py_ssize_t* capacity, Py_ssize_t n,
+                           double n_cell, floating y_first, floating y_last, Py_ssize_t size,
+                           Py_ssize_t stride) noexcept nogil:
+    """Store the n_cell inside samples of one pixel cell, y_first to y_last, as one entry
+    holding the sums of their weights (a merged grid: see the top of this file)."""
+    cdef AxisSample* sample
+    cdef double row, frac_sum
+    if not push_sample(samples, capacity, n, y_first, size, stride, 1.0):
+        return False
+    sample = &samples[0][n]
+    if sample.low == sample.high or y_first <= 0:  # a clamped cell: all weight on one row
+        sample.frac_low, sample.frac_high = n_cell, 0.0
+        return True
+    # The coordinates are an arithmetic run, so their mean is the mean of the two ends.
+    row = <double>(sample.low // stride)
+    frac_sum = n_cell * ((<double>y_first + <double>y_last) * 0.5 - row)
+    sample.frac_low, sample.frac_high = n_cell - frac_sum, frac_sum
+    return True
+
+
+cdef inline double cell_end(floating start, floating bin_size, Py_ssize_t p, double grid,
+                            double i, double end, floating y, Py_ssize_t size,
+                            bint rising) noexcept nogil:
+    """The first sample index in (i, end) of bin p that leaves the pixel cell of sample i
+    (at coordinate y), else end. Cells: [-1, 0] (clamped to row 0), [r, r + 1) for
+    r < size - 1, and [size - 1, size] (clamped to the last row)."""
+    cdef floating r
+    if y <= 0:
+        return first_passing(start, bin_size, p, grid, i + 1, end, 0, True, True) if rising else end
+    if y >= size - 1:
+        if rising:
+            return end
+        return first_passing(start, bin_size, p, grid, i + 1, end, <floating>(size - 1), False, True)
+    r = floor(y)
+    if rising:
+        return first_passing(start, bin_size, p, grid, i + 1, end, r + 1, True, False)
+    return first_passing(start, bin_size, p, grid, i + 1, end, r, False, True)
+
+
 cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins, double grid,
                            Py_ssize_t size, Py_ssize_t stride, Py_ssize_t* bin_first,
-                           AxisSample** samples, Py_ssize_t* capacity) noexcept nogil:
-    """Store the samples of one axis inside [-1, size], bin by bin, in order.
+                           double* n_inside, AxisSample** samples, Py_ssize_t* capacity,
+                           bint merge, bint for_max) noexcept nogil:
+    """Store the samples of one axis inside [-1, size], bin by bin, in order, and how many
+    grid samples of each bin are inside (n_inside).
 
-    False when out of memory.
+    merge: one entry per pixel cell (two, its first and last sample, for_max) instead of one
+    per sample. False when out of memory.
     """
     cdef Py_ssize_t p, repeat, kept = 0
     cdef double i, end, run_end
@@ -231,7 +304,7 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
     cdef floating high_bound = <floating>size
     for p in range(n_bins):
         bin_first[p] = kept
-        if grid <= SMALL_GRID:  # torchvision's loop itself
+        if grid <= SMALL_GRID and not merge:  # torchvision's loop itself
             i = 0.0
             while i < grid:
                 y = sample_coordinate(start, bin_size, p, i, grid)
@@ -240,6 +313,7 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
                     if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
                         return False
                     kept += 1
+            n_inside[p] = kept - bin_first[p]
             continue
         if rising:
             i = first_passing(start, bin_size, p, grid, 0.0, grid, low_bound, True, False)
@@ -247,7 +321,30 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
         else:
             i = first_passing(start, bin_size, p, grid, 0.0, grid, high_bound, False, False)
             end = first_passing(start, bin_size, p, grid, i, grid, low_bound, False, True)
-        while i < end:
+        n_inside[p] = end - i if end > i else 0.0
+        while merge and i < end:
+            y = sample_coordinate(start, bin_size, p, i, grid)
+            run_end = cell_end(start, bin_size, p, grid, i, end, y, size, rising)
+            if run_end <= i:  # past 2**53, where i + 1 == i: the rest is one cell
+                run_end = end
+            if not for_max:
+                if not push_cell(samples, capacity, kept, run_end - i, y,
+                                 sample_coordinate(start, bin_size, p, run_end - 1, grid),
+                                 size, stride):
+                    return False
+                kept += 1
+            else:  # the cell's first and last sample: one of them is the first maximum
+                if not push_sample(samples, capacity, kept, y, size, stride, 1.0):
+                    return False
+                kept += 1
+                if run_end - i > 1:
+                    if not push_sample(samples, capacity, kept,
+                                       sample_coordinate(start, bin_size, p, run_end - 1, grid),
+                                       size, stride, 1.0):
+                        return False
+                    kept += 1
+            i = run_end
+        while i < end:  # not merged: sample by sample, equal coordinates counted
             y = sample_coordinate(start, bin_size, p, i, grid)
             run_end = i + 1.0
             if run_end <= i:  # past 2**53: the rest is one run
@@ -277,20 +374,31 @@ cdef inline bint build_axis_tables(SampleTable* table, const floating* box,
                                    Py_ssize_t sampling_ratio,
                                    Py_ssize_t height, Py_ssize_t width,
                                    Py_ssize_t row_stride, Py_ssize_t col_stride,
-                                   RoIGrid* grid) noexcept nogil:
+                                   bint for_max, RoIGrid* grid) noexcept nogil:
     """Store one RoI's inside samples along y and along x (table.y_*, table.x_*).
 
     A sample of bin (ph, pw) is a pair (iy, ix), iy in [y_first[ph], y_first[ph + 1]) and
     ix in [x_first[pw], x_first[pw + 1]); sample_taps gives its 4 taps. This is all the
-    channels-last kernels need: O(PH * grid_h + PW * grid_w) work per RoI.
+    channels-last kernels need: O(PH * grid_h + PW * grid_w) work per RoI, and with a grid
+    finer than the map, O(PH + PW + the cells the bins cover) (merged, see the top).
     False when out of memory.
     """
+    cdef bint merge
     grid[0] = roi_grid(box, spatial_scale, aligned, pooled_h, pooled_w, sampling_ratio)
+    merge = grid.grid_h * grid.grid_w * pooled_h * pooled_w >= MERGE_SAMPLES
     return (fill_axis(<floating>grid.start_y, <floating>grid.bin_h, pooled_h, grid.grid_h,
-                      height, row_stride, table.y_first, &table.y_samples, &table.y_capacity)
+                      height, row_stride, table.y_first, table.y_inside, &table.y_samples,
+                      &table.y_capacity, merge or pooled_h * grid.grid_h >= MERGE_AXIS,
+                      for_max)
             and fill_axis(<floating>grid.start_x, <floating>grid.bin_w, pooled_w,
-                          grid.grid_w, width, col_stride, table.x_first, &table.x_samples,
-                          &table.x_capacity))
+                          grid.grid_w, width, col_stride, table.x_first, table.x_inside,
+                          &table.x_samples, &table.x_capacity,
+                          merge or pooled_w * grid.grid_w >= MERGE_AXIS, for_max))
+
+
+cdef inline double inside_samples(const SampleTable* table, Py_ssize_t b) noexcept nogil:
+    """Grid samples of bin b (row-major) inside the map (the others are 0s that take part)."""
+    return table.y_inside[b // table.pooled_w] * table.x_inside[b % table.pooled_w]
 
 
 cdef inline void sample_taps(const AxisSample* ys, const AxisSample* xs, bint for_max,
@@ -321,28 +429,26 @@ cdef inline void sample_taps(const AxisSample* ys, const AxisSample* xs, bint fo
         weights[3] *= repeats
 
 
-cdef inline bint build_sample_table(SampleTable* table, const floating* box,
-                                    floating spatial_scale, bint aligned,
-                                    Py_ssize_t pooled_h, Py_ssize_t pooled_w,
-                                    Py_ssize_t sampling_ratio,
-                                    Py_ssize_t height, Py_ssize_t width,
-                                    Py_ssize_t row_stride, Py_ssize_t col_stride,
-                                    bint for_max, RoIGrid* grid) noexcept nogil:
-    """Build the 4 tap offsets and 4 weights of every inside sample of every bin of one RoI.
+cdef inline bint fits_sample_table(const SampleTable* table, Py_ssize_t pooled_h,
+                                   Py_ssize_t pooled_w) noexcept nogil:
+    """Whether the RoI's samples (axis tables built) fit a per-sample table (TABLE_SAMPLES)."""
+    return table.y_first[pooled_h] * table.x_first[pooled_w] <= TABLE_SAMPLES
+
+
+cdef inline bint build_sample_table(SampleTable* table, Py_ssize_t pooled_h,
+                                    Py_ssize_t pooled_w, bint for_max,
+                                    const floating* type_tag) noexcept nogil:
+    """From the RoI's axis tables, the 4 tap offsets and 4 weights of every inside sample of
+    every bin (the caller checked fits_sample_table).
 
     Samples are stored bin by bin (row-major), and within a bin in torchvision's order
     (iy outer, ix inner). For kernels that read every sample once per channel plane; the
     channels-last ones walk the axis tables instead. False when out of memory.
     """
-    cdef Py_ssize_t ph, pw, iy, ix, s, n_samples
+    cdef Py_ssize_t ph, pw, iy, ix, s
     cdef floating* weights
-    if not build_axis_tables(table, box, spatial_scale, aligned, pooled_h, pooled_w,
-                             sampling_ratio, height, width, row_stride, col_stride, grid):
-        return False
-    if table.x_first[pooled_w] and table.y_first[pooled_h] > PY_SSIZE_T_MAX // table.x_first[pooled_w]:
-        return False
-    n_samples = table.y_first[pooled_h] * table.x_first[pooled_w]
-    if not reserve_samples(table, n_samples, sizeof(floating)):
+    if not reserve_samples(table, table.y_first[pooled_h] * table.x_first[pooled_w],
+                           sizeof(floating)):
         return False
     weights = <floating*>table.corner_weights
     s = 0
