@@ -178,8 +178,10 @@ def run(table, direction, build, call, plan, operator_arguments, what):
     """Run the operator's `direction` kernel for `build` (None: the default) on the plan's team.
 
     Every kernel takes one argument order: the call's arrays and geometry, then the
-    operator's own `operator_arguments`, then the plan. MemoryError naming `what` when the
-    kernel could not allocate its scratch.
+    operator's own `operator_arguments`, then the plan, the first work item and the team size.
+    A kernel returns after a time slice with the next item to run (0: done), so a long call
+    reacts to Ctrl-C between slices (KeyboardInterrupt; `out` then holds partial results).
+    MemoryError naming `what` when the kernel could not allocate its scratch.
     """
     build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
     kernel = table[direction, build, call.values.dtype]
@@ -188,15 +190,19 @@ def run(table, direction, build, call, plan, operator_arguments, what):
                  plan.image_first, call.spatial_scale, ph, pw, *operator_arguments, plan.packed,
                  plan.block)
     if not plan.shared:
-        done = kernel(*arguments, plan.n_threads)
+        next_item = kernel(*arguments, 0, plan.n_threads)
+        while next_item > 0:  # a long call, in time slices: Ctrl-C is seen between them
+            next_item = kernel(*arguments, next_item, plan.n_threads)
     else:
         with _SharedTeams.lock:
             _SharedTeams.active += 1
             n_threads = max(1, plan.n_threads // _SharedTeams.active)
         try:
-            done = kernel(*arguments, n_threads)
+            next_item = kernel(*arguments, 0, n_threads)
+            while next_item > 0:
+                next_item = kernel(*arguments, next_item, n_threads)
         finally:
             with _SharedTeams.lock:
                 _SharedTeams.active -= 1
-    if not done:
+    if next_item < 0:
         raise MemoryError(f"{what}: could not allocate the per-thread scratch")

@@ -432,18 +432,19 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     return True
 
 
-cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
+cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
               const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
               const Py_ssize_t[::1] image_first, double spatial_scale, bint max_mode,
               const floating* features, floating* result, Geometry g,
-              bint backward, bint packed, Py_ssize_t block, int n_threads):
+              bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
+              int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t n_items = n_block_items(&g, block)
-    cdef bint done
+    cdef Py_ssize_t done
     call.max_mode = max_mode
     if packed:  # a block of the map and one RoI's pooled block per thread
         spec = scratch_spec(g.pooled_h, g.pooled_w, g.height * g.width * block * sizeof(floating),
@@ -452,13 +453,17 @@ cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
         spec = scratch_spec(g.pooled_h, g.pooled_w, 0, 0)
     with nogil:
         if not backward and not packed:
-            done = run_items(forward_roi[floating], &call, boxes.shape[0], &spec, n_threads)
+            done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
+                             &spec, n_threads)
         elif not backward:
-            done = run_items(forward_block[floating], &call, n_items, &spec, n_threads)
+            done = run_items(forward_block[floating], &call, first_item, n_items,
+                             &spec, n_threads)
         elif not packed:
-            done = run_items(backward_share[floating], &call, n_items, &spec, n_threads)
+            done = run_items(backward_share[floating], &call, first_item, n_items,
+                             &spec, n_threads)
         else:
-            done = run_items(backward_block[floating], &call, n_items, &spec, n_threads)
+            done = run_items(backward_block[floating], &call, first_item, n_items,
+                             &spec, n_threads)
     return done
 
 
@@ -467,8 +472,9 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, bint aligned, bint max_mode, floating[:, :, :, ::1] out,
-            bint packed, Py_ssize_t block, int n_threads):
-    """RoIAlign forward into `out`; False when scratch could not be allocated.
+            bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+    """RoIAlign forward into `out`, one time slice of it (see _work_items.run_items): the
+    next item to run from first_item on, 0 when done, -1 when out of memory.
 
     features (N, C, H, W), or (N, H, W, C) when channels_last; out (K, C, PH, PW) or
     (K, PH, PW, C). Per RoI unless `packed`: then work items are (image, block of `block`
@@ -477,7 +483,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale, max_mode,
-               <const floating*>NULL, &out[0, 0, 0, 0], g, False, packed, block, n_threads)
+               <const floating*>NULL, &out[0, 0, 0, 0], g, False, packed, block, first_item,
+               n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -486,8 +493,9 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
              const floating[:, :, :, ::1] features, floating[:, :, :, ::1] grad_input,
-             bint packed, Py_ssize_t block, int n_threads):
-    """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`.
+             bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+    """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`, one
+    time slice of it (returns as forward does).
 
     Work items are (image, block of `block` channels): no two threads write the same element,
     no atomics. `features` is only read in max mode (each bin's arg-max sample); `packed`
@@ -498,7 +506,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
                max_mode, &features[0, 0, 0, 0] if features is not None else NULL,
                &grad_input[0, 0, 0, 0], g, True, packed and not max_mode,
-               block, n_threads)
+               block, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

@@ -348,11 +348,12 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     return True
 
 
-cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
+cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
               const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
               const Py_ssize_t[::1] image_first, double spatial_scale,
               const floating* features, int32_t* argmax, floating* result,
-              Geometry g, bint backward, bint packed, Py_ssize_t block, int n_threads):
+              Geometry g, bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
+              int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
@@ -362,7 +363,7 @@ cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
     cdef size_t pooled_bytes = g.pooled_h * g.pooled_w * block * sizeof(floating)
     cdef size_t best_bytes = block * (sizeof(Py_ssize_t) + sizeof(floating))
     cdef Py_ssize_t n_items = n_block_items(&g, block)
-    cdef bint done
+    cdef Py_ssize_t done
     call.argmax = argmax
     if backward and argmax != NULL:
         spec = scratch_spec(0, 0, 0, 0)
@@ -377,15 +378,20 @@ cdef bint run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
         spec = scratch_spec(0, 0, bins_bytes, 0)
     with nogil:
         if not backward and not packed:
-            done = run_items(forward_roi[floating], &call, boxes.shape[0], &spec, n_threads)
+            done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
+                             &spec, n_threads)
         elif not backward:
-            done = run_items(forward_block[floating], &call, n_items, &spec, n_threads)
+            done = run_items(forward_block[floating], &call, first_item, n_items,
+                             &spec, n_threads)
         elif argmax != NULL:
-            done = run_items(backward_argmax[floating], &call, n_items, &spec, n_threads)
+            done = run_items(backward_argmax[floating], &call, first_item, n_items,
+                             &spec, n_threads)
         elif packed:
-            done = run_items(backward_block[floating], &call, n_items, &spec, n_threads)
+            done = run_items(backward_block[floating], &call, first_item, n_items,
+                             &spec, n_threads)
         else:
-            done = run_items(backward_share[floating], &call, n_items, &spec, n_threads)
+            done = run_items(backward_share[floating], &call, first_item, n_items,
+                             &spec, n_threads)
     return done
 
 
@@ -394,8 +400,9 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             floating[:, :, :, ::1] out, int32_t[:, :, :, ::1] argmax, bint packed,
-            Py_ssize_t block, int n_threads):
-    """RoIPool forward into `out`; False when scratch could not be allocated.
+            Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+    """RoIPool forward into `out`, one time slice of it (see _work_items.run_items): the
+    next item to run from first_item on, 0 when done, -1 when out of memory.
 
     Unless argmax is None, it receives each output element's arg-max pixel index y * W + x
     (-1 if none), in the layout of `out`. Per RoI unless `packed`: then work items are
@@ -406,7 +413,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
                <const floating*>NULL,
                &argmax[0, 0, 0, 0] if argmax is not None else NULL, &out[0, 0, 0, 0], g,
-               False, packed, block, n_threads)
+               False, packed, block, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -414,8 +421,10 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              const floating[:, :, :, ::1] features, const int32_t[:, :, :, ::1] argmax,
-             floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block, int n_threads):
-    """Gradient of roi_pool w.r.t. the features, accumulated into zeroed `grad_input`.
+             floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
+             Py_ssize_t first_item, int n_threads):
+    """Gradient of roi_pool w.r.t. the features, accumulated into zeroed `grad_input`, one
+    time slice of it (returns as forward does).
 
     From `argmax` (the forward's indices) when given, else each bin's arg-max is found again
     from `features` (`packed`: through cache-resident channel blocks). Work items are
@@ -426,7 +435,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
                &features[0, 0, 0, 0] if features is not None else NULL,
                <int32_t*>&argmax[0, 0, 0, 0] if argmax is not None else NULL,
-               &grad_input[0, 0, 0, 0], g, True, packed, block, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, packed, block, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

@@ -4,7 +4,10 @@
  *   otherwise (so no module needs omp.h for the serial fallback build);
  * - the CPU's AVX2 support, asked at run time (libgcc/compiler-rt also check that the OS
  *   saves the 256-bit registers, XGETBV);
- * - a 4 x 4 float32 transpose through SSE registers, with a scalar stand-in off x86.
+ * - a 4 x 4 float32 transpose through SSE registers, with a scalar stand-in off x86;
+ * - an atomic fetch-and-add and a clock, with which the kernels' threads take work items
+ *   and stop after a time slice (so that a long call can be interrupted between slices).
+ * Included after Python.h (by the Cython-generated C), so Py_ssize_t is defined.
  */
 #ifndef ROIALIGN_CY_SHIMS_H
 #define ROIALIGN_CY_SHIMS_H
@@ -59,6 +62,35 @@ static inline void roialign_transpose4(const float* src, ptrdiff_t src_stride,
         for (int j = 0; j < 4; j++)
             dst[j * dst_stride + i] = src[i * src_stride + j];
 }
+#endif
+
+/* *counter += n, atomically; returns the value before. (MSVC's OpenMP 2.0 has no atomic
+   capture, hence the intrinsics.) */
+#if defined(_MSC_VER)
+#include <intrin.h>
+static inline Py_ssize_t roialign_fetch_add(Py_ssize_t* counter, Py_ssize_t n) {
+#if defined(_WIN64)
+    return (Py_ssize_t)_InterlockedExchangeAdd64((volatile __int64*)counter, (__int64)n);
+#else
+    return (Py_ssize_t)_InterlockedExchangeAdd((volatile long*)counter, (long)n);
+#endif
+}
+#else
+static inline Py_ssize_t roialign_fetch_add(Py_ssize_t* counter, Py_ssize_t n) {
+    return __atomic_fetch_add(counter, n, __ATOMIC_RELAXED);
+}
+#endif
+
+/* A kernel call returns to Python after about this long (between work items), so that
+   Ctrl-C is seen; the wrapper calls it again for the remaining items. */
+#define ROIALIGN_SLICE_SECONDS 0.2
+
+/* Seconds on a monotonic wall clock (OpenMP's); a serial build uses the process's clock. */
+#ifdef _OPENMP
+static inline double roialign_seconds(void) { return omp_get_wtime(); }
+#else
+#include <time.h>
+static inline double roialign_seconds(void) { return (double)clock() / CLOCKS_PER_SEC; }
 #endif
 
 #endif /* ROIALIGN_CY_SHIMS_H */

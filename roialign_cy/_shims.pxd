@@ -1,4 +1,5 @@
-# The C shims of _shims.h (OpenMP stand-ins, the CPU's AVX2 support, the SSE transpose).
+# The C shims of _shims.h (OpenMP stand-ins, the CPU's AVX2 support, the SSE transpose, an
+# atomic counter and a clock).
 # Never `cimport openmp`: that needs omp.h even for the serial fallback build.
 
 cdef extern from "_shims.h":
@@ -7,5 +8,8 @@ cdef extern from "_shims.h":
     int omp_get_max_threads() noexcept nogil
     int omp_get_thread_num() noexcept nogil
     bint roialign_cpu_has_avx2() noexcept nogil
+    Py_ssize_t fetch_add "roialign_fetch_add"(Py_ssize_t* counter, Py_ssize_t n) noexcept nogil
+    double seconds "roialign_seconds"() noexcept nogil
+    const double SLICE_SECONDS "ROIALIGN_SLICE_SECONDS"
     void transpose4 "roialign_transpose4"(const float* src, Py_ssize_t src_stride, float* dst,
                                           Py_ssize_t dst_stride) noexcept nogil

@@ -3,14 +3,15 @@
 # failure flag. Each kernel supplies only what one work item does.
 #
 # Scratch is allocated on a thread's first item, so a thread that gets no work allocates
-# nothing, and freed by the calling thread after the team has finished.
+# nothing, and freed by the calling thread after the team has finished. A call runs in time
+# slices (see run_items) so that it can be interrupted.
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel
 from libc.stdlib cimport calloc, free, malloc
 
 from roialign_cy._kernel_call cimport KernelCall
 from roialign_cy._sample_table cimport SampleTable, floating, table_free, table_init
-from roialign_cy._shims cimport omp_get_thread_num
+from roialign_cy._shims cimport SLICE_SECONDS, fetch_add, omp_get_thread_num, seconds
 
 cdef enum:
     N_BUFFERS = 4
@@ -62,35 +63,50 @@ cdef inline void scratch_free(Scratch* scratch) noexcept nogil:
         free(scratch.buffers[i])
 
 
-cdef inline bint run_items(bint (*run_item)(const KernelCall* call, Scratch* scratch,
-                                            Py_ssize_t item, const floating* type_tag) noexcept nogil,
-                           const KernelCall* call, Py_ssize_t n_items, const ScratchSpec* spec,
-                           int n_threads) noexcept nogil:
-    """run_item(call, scratch, item, NULL) for every item in [0, n_items) on n_threads threads.
+cdef inline Py_ssize_t run_items(bint (*run_item)(const KernelCall* call, Scratch* scratch,
+                                                  Py_ssize_t item,
+                                                  const floating* type_tag) noexcept nogil,
+                                 const KernelCall* call, Py_ssize_t first_item, Py_ssize_t n_items,
+                                 const ScratchSpec* spec, int n_threads) noexcept nogil:
+    """run_item(call, scratch, item, NULL) for the items from first_item on, on n_threads
+    threads, for about SLICE_SECONDS.
 
-    Items are handed out dynamically (RoIs differ in cost). `call` is read-only while the
-    team runs; type_tag only selects the float type T of the item function. Returns False
-    when scratch could not be allocated or an item failed (out of memory); the remaining
-    items are then skipped.
+    Each thread takes the next item from a shared counter (RoIs differ in cost: dynamic
+    scheduling) and stops when the items are done or the slice is over, so every item below
+    the counter has run. Returns the next item to run, 0 when all are done (a slice runs at
+    least one item), -1 when scratch could not be allocated or an item failed (out of
+    memory). The caller calls again from the returned item, and between calls Python sees
+    signals: a long call stays interruptible. `call` is read-only while the team runs;
+    type_tag only selects the float type T of the item function.
     """
     cdef Scratch* scratches = <Scratch*>calloc(n_threads, sizeof(Scratch))
+    cdef Py_ssize_t next_item = first_item
+    cdef Py_ssize_t* next_ptr = &next_item  # shared by the team, taken with fetch_add
     cdef int failed = 0
     cdef int* failed_flag = &failed  # written through a pointer: shared, not lastprivate
+    cdef double deadline = seconds() + SLICE_SECONDS
     cdef Scratch* scratch
     cdef Py_ssize_t item
     cdef int t
     if scratches == NULL:
-        return False
-    for item in prange(n_items, schedule='dynamic', num_threads=n_threads,
-                       use_threads_if=n_threads > 1):
-        if failed_flag[0]:
-            continue
+        return -1
+    with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         scratch = &scratches[omp_get_thread_num()]
-        if not scratch.ready and not scratch_init(scratch, spec):
-            failed_flag[0] = 1
-        elif not run_item(call, scratch, item, <const floating*>NULL):
-            failed_flag[0] = 1
+        while True:
+            item = fetch_add(next_ptr, 1)
+            if item >= n_items or failed_flag[0]:
+                break
+            if not scratch.ready and not scratch_init(scratch, spec):
+                failed_flag[0] = 1
+                break
+            if not run_item(call, scratch, item, <const floating*>NULL):
+                failed_flag[0] = 1
+                break
+            if seconds() > deadline:
+                break
     for t in range(n_threads):
         scratch_free(&scratches[t])
     free(scratches)
-    return not failed
+    if failed:
+        return -1
+    return 0 if next_item >= n_items else next_item
