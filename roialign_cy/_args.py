@@ -542,7 +542,9 @@ def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, l
                                map_shape[1] * map_shape[2] if channels_last
                                else map_shape[2] * map_shape[3])
     user_shape = map_shape[1:] if was_3d else map_shape
-    if out is None:
+    if out is None and math.prod(map_shape) * dtype.itemsize <= sys.maxsize:
+        result, out_view = np.zeros(user_shape, dtype), None
+    elif out is None:
         result, out_view = _fresh(user_shape, dtype, True), None
     else:
         out_view = check_out(out, user_shape, result_dtype,

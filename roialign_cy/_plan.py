@@ -185,23 +185,20 @@ def run(table, direction, build, call, plan, operator_arguments, what):
     """
     build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
     kernel = table[direction, build, call.values.dtype]
-    ph, pw = call.pooled
-    arguments = (call.values, call.channels_last, call.coords, call.batch_index, plan.roi_order,
-                 plan.image_first, call.spatial_scale, ph, pw, *operator_arguments, plan.packed,
-                 plan.block)
-    if not plan.shared:
-        next_item = kernel(*arguments, 0, plan.n_threads)
-        while next_item > 0:  # a long call, in time slices: Ctrl-C is seen between them
-            next_item = kernel(*arguments, next_item, plan.n_threads)
-    else:
+    n_threads = plan.n_threads
+    if plan.shared:
         with _SharedTeams.lock:
             _SharedTeams.active += 1
-            n_threads = max(1, plan.n_threads // _SharedTeams.active)
-        try:
-            next_item = kernel(*arguments, 0, n_threads)
-            while next_item > 0:
-                next_item = kernel(*arguments, next_item, n_threads)
-        finally:
+            n_threads = max(1, n_threads // _SharedTeams.active)
+    try:
+        arguments = (call.values, call.channels_last, call.coords, call.batch_index,
+                     plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
+                     *operator_arguments, plan.packed, plan.block, 0, n_threads)
+        next_item = kernel(*arguments)
+        while next_item > 0:  # a long call, in time slices: Ctrl-C is seen between them
+            next_item = kernel(*arguments[:-2], next_item, n_threads)
+    finally:
+        if plan.shared:
             with _SharedTeams.lock:
                 _SharedTeams.active -= 1
     if next_item < 0:

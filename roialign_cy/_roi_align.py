@@ -17,6 +17,18 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
 
 
+def _parameters(mode, sampling_ratio, aligned):
+    """(max_mode, sampling_ratio, aligned), checked: RoIAlign's own arguments."""
+    max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
+    if max_mode is None:
+        max_mode = _args.max_mode(mode)
+    if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
+        sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
+    if not (aligned is True or aligned is False):
+        aligned = _args.check_bool(aligned, "aligned")
+    return max_mode, sampling_ratio, aligned
+
+
 def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
               *, layout="NCHW", mode="avg", out=None, num_threads=None):
     """Pool a fixed-size feature map out of every region of interest (RoIAlign).
@@ -94,13 +106,7 @@ def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, ali
             layout="NCHW", mode="avg", out=None, num_threads=None, variant=None, build=None):
     """roi_align with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
-    max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
-    if max_mode is None:
-        max_mode = _args.max_mode(mode)
-    if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
-        sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
-    if not (aligned is True or aligned is False):
-        aligned = _args.check_bool(aligned, "aligned")
+    max_mode, sampling_ratio, aligned = _parameters(mode, sampling_ratio, aligned)
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
         plan = _plan.plan(call, num_threads, variant, grouped=False)
@@ -170,13 +176,7 @@ def backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sa
              variant=None, build=None):
     """roi_align_backward with the kernel variant and build forced (see forward). Max mode
     has no packed kernel: it always runs per RoI."""
-    max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
-    if max_mode is None:
-        max_mode = _args.max_mode(mode)
-    if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
-        sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
-    if not (aligned is True or aligned is False):
-        aligned = _args.check_bool(aligned, "aligned")
+    max_mode, sampling_ratio, aligned = _parameters(mode, sampling_ratio, aligned)
     call = _args.backward_call(grad_output, boxes, input_shape, output_size, spatial_scale,
                                layout, input, max_mode, out)
     if call.values.size:

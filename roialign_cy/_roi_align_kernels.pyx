@@ -127,15 +127,23 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
                         row[c] = 0
 
 
+cdef inline bint roi_axes(SampleTable* table, const floating* box, floating spatial_scale,
+                          const Geometry* g, Py_ssize_t row_stride, Py_ssize_t col_stride,
+                          bint for_max, RoIGrid* grid) noexcept nogil:
+    """build_axis_tables for one RoI of this call, on a map with these strides (the
+    features', or a packed block's)."""
+    return build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
+                             g.sampling_ratio, g.height, g.width, row_stride, col_stride,
+                             for_max, grid)
+
+
 cdef inline bint pool_roi(const floating* image, const floating* box, floating spatial_scale,
                           floating* out_roi, const Geometry* g, SampleTable* table,
                           bint max_mode) noexcept nogil:
     """Pool every channel of one RoI. False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
-    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                             g.sampling_ratio, g.height, g.width, g.row_stride,
-                             g.col_stride, max_mode, &grid):
+    if not roi_axes(table, box, spatial_scale, g, g.row_stride, g.col_stride, max_mode, &grid):
         return False
     if g.channels_last:
         pool_channels_last(image, out_roi, g.channels, table, g.pooled_h, g.pooled_w,
@@ -164,9 +172,7 @@ cdef inline bint pool_packed_roi(const floating* packed, const floating* box,
                                  Py_ssize_t block) noexcept nogil:
     """Pool one RoI from a packed channel block into pooled (n_bins, block)."""
     cdef RoIGrid grid
-    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                             g.sampling_ratio, g.height, g.width, g.width * block, block,
-                             max_mode, &grid):
+    if not roi_axes(table, box, spatial_scale, g, g.width * block, block, max_mode, &grid):
         return False
     pool_channels_last(packed, pooled, block, table, g.pooled_h, g.pooled_w,
                        <floating>grid.count, max_mode, grid.grid_h * grid.grid_w)
@@ -300,9 +306,7 @@ cdef inline bint unpool_roi(floating* grad_image, const floating* grad_roi,
     """Backward of pool_roi for channels [c0, c1). False when out of memory."""
     cdef RoIGrid grid
     cdef Py_ssize_t c
-    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                             g.sampling_ratio, g.height, g.width, g.row_stride,
-                             g.col_stride, max_mode, &grid):
+    if not roi_axes(table, box, spatial_scale, g, g.row_stride, g.col_stride, max_mode, &grid):
         return False
     if g.channels_last and not max_mode:
         unpool_channels_last(grad_image, grad_roi, g.channels, c0, c1, table, g.pooled_h,
@@ -337,9 +341,7 @@ cdef inline bint unpool_packed_roi(floating* packed, const floating* grad_roi, f
                                    Py_ssize_t n_channels, Py_ssize_t block) noexcept nogil:
     """Add one RoI's average-mode gradient for channels [c0, c0 + n) to a packed block."""
     cdef RoIGrid grid
-    if not build_axis_tables(table, box, spatial_scale, g.aligned, g.pooled_h, g.pooled_w,
-                             g.sampling_ratio, g.height, g.width, g.width * block, block,
-                             False, &grid):
+    if not roi_axes(table, box, spatial_scale, g, g.width * block, block, False, &grid):
         return False
     pack_roi(grad_roi, roi_grad, g, c0, n_channels, block)
     unpool_channels_last(packed, roi_grad, block, 0, block, table, g.pooled_h, g.pooled_w,

@@ -93,13 +93,12 @@ cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t 
 
     table_free releases what it allocated, also after a failure.
     """
+    # The per-bin arrays share one allocation (y_inside owns it): one malloc per thread.
+    cdef size_t n_index = (pooled_h * pooled_w + 1) + (pooled_h + 1) + (pooled_w + 1)
     table.n_bins = pooled_h * pooled_w
     table.pooled_w = pooled_w
-    table.bin_first = <Py_ssize_t*>malloc((table.n_bins + 1) * sizeof(Py_ssize_t))
-    table.y_first = <Py_ssize_t*>malloc((pooled_h + 1) * sizeof(Py_ssize_t))
-    table.x_first = <Py_ssize_t*>malloc((pooled_w + 1) * sizeof(Py_ssize_t))
-    table.y_inside = <double*>malloc(pooled_h * sizeof(double))
-    table.x_inside = <double*>malloc(pooled_w * sizeof(double))
+    table.y_inside = <double*>malloc((pooled_h + pooled_w) * sizeof(double)
+                                     + n_index * sizeof(Py_ssize_t))
     table.y_samples = NULL
     table.x_samples = NULL
     table.y_capacity = 0
@@ -107,17 +106,18 @@ cdef inline bint table_init(SampleTable* table, Py_ssize_t pooled_h, Py_ssize_t 
     table.corner_offsets = NULL
     table.corner_weights = NULL
     table.sample_capacity = 0
-    return (table.bin_first != NULL and table.y_first != NULL and table.x_first != NULL
-            and table.y_inside != NULL and table.x_inside != NULL)
+    if table.y_inside == NULL:
+        return False
+    table.x_inside = table.y_inside + pooled_h
+    table.bin_first = <Py_ssize_t*>(table.x_inside + pooled_w)
+    table.y_first = table.bin_first + table.n_bins + 1
+    table.x_first = table.y_first + pooled_h + 1
+    return True
 
 
 cdef inline void table_free(SampleTable* table) noexcept nogil:
     """Release everything table_init and the reserve helpers allocated."""
-    free(table.bin_first)
-    free(table.y_first)
-    free(table.x_first)
     free(table.y_inside)
-    free(table.x_inside)
     free(table.y_samples)
     free(table.x_samples)
     free(table.corner_offsets)

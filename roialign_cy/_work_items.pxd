@@ -8,6 +8,7 @@
 
 from cython.parallel cimport parallel
 from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
 
 from roialign_cy._kernel_call cimport KernelCall
 from roialign_cy._sample_table cimport SampleTable, floating, table_free, table_init
@@ -79,7 +80,8 @@ cdef inline Py_ssize_t run_items(bint (*run_item)(const KernelCall* call, Scratc
     signals: a long call stays interruptible. `call` is read-only while the team runs;
     type_tag only selects the float type T of the item function.
     """
-    cdef Scratch* scratches = <Scratch*>calloc(n_threads, sizeof(Scratch))
+    cdef Scratch one_thread  # a serial call (the usual small one) needs no heap array
+    cdef Scratch* scratches = &one_thread
     cdef Py_ssize_t next_item = first_item
     cdef Py_ssize_t* next_ptr = &next_item  # shared by the team, taken with fetch_add
     cdef int failed = 0
@@ -88,8 +90,12 @@ cdef inline Py_ssize_t run_items(bint (*run_item)(const KernelCall* call, Scratc
     cdef Scratch* scratch
     cdef Py_ssize_t item
     cdef int t
-    if scratches == NULL:
-        return -1
+    if n_threads > 1:
+        scratches = <Scratch*>calloc(n_threads, sizeof(Scratch))
+        if scratches == NULL:
+            return -1
+    else:
+        memset(&one_thread, 0, sizeof(Scratch))
     with parallel(num_threads=n_threads, use_threads_if=n_threads > 1):
         scratch = &scratches[omp_get_thread_num()]
         while True:
@@ -106,7 +112,8 @@ cdef inline Py_ssize_t run_items(bint (*run_item)(const KernelCall* call, Scratc
                 break
     for t in range(n_threads):
         scratch_free(&scratches[t])
-    free(scratches)
+    if scratches != &one_thread:
+        free(scratches)
     if failed:
         return -1
     return 0 if next_item >= n_items else next_item
