@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from roialign_cy import roi_align
+from roialign_cy import _roi_align
 
 
 def random_boxes(rng, n_images, height, width, spatial_scale=1.0, n_boxes=12):
@@ -47,8 +47,11 @@ def with_spare_images(features_nchw, n_taps):
     return np.concatenate([features_nchw, spare])
 
 
-def align_nchw(features_nchw, boxes, output_size, *args, layout="NCHW", **kwargs):
+def align_nchw(features_nchw, boxes, output_size, *args, layout="NCHW", variant=None,
+               **kwargs):
     """roi_align of features_nchw handed over in `layout`; the result as (K, C, PH, PW).
+
+    variant: the forward kernel to force ("per_roi", "packed"), None for the package's pick.
 
     The package walks RoI by RoI when the map's pixels outnumber the RoIs' taps and packs
     channel blocks when the RoIs dominate. So every case also runs with spare NaN images
@@ -56,8 +59,8 @@ def align_nchw(features_nchw, boxes, output_size, *args, layout="NCHW", **kwargs
     agree bit for bit, whichever kernel each one picks.
     """
     def run(features, rois):
-        pooled = roi_align(to_layout(features, layout), rois, output_size, *args,
-                           layout=layout, **kwargs)
+        pooled = _roi_align.forward(to_layout(features, layout), rois, output_size, *args,
+                                    layout=layout, variant=variant, **kwargs)
         return to_nchw(pooled, layout)
 
     result = run(features_nchw, boxes)

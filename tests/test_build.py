@@ -70,10 +70,10 @@ def test_openmp_parallelism_enabled():
 
 
 def test_show_config_agrees_with_the_extension():
-    from roialign_cy import _kernels
+    from roialign_cy import _runtime
 
     config = roialign_cy.show_config(print_out=False)
-    assert config["openmp"] is bool(_kernels.OPENMP_ENABLED)
+    assert config["openmp"] is bool(_runtime.OPENMP_ENABLED)
     assert config["version"] == roialign_cy.__version__
     if not config["openmp"]:
         assert config["max_threads"] == 1

@@ -1,18 +1,37 @@
-"""roi_pool and roi_pool_backward: torchvision's golden numbers, a loop reference written from
-SEMANTICS.md, C rounding, empty bins, ties, NaN, the adjoint identity and determinism."""
+"""roi_pool, roi_pool_backward and RoIPool: torchvision's golden numbers and arg-max, the loop
+reference, C rounding, empty bins, ties, NaN, the adjoint identity; and what RoIAlign
+fixes: RoIPool's quantization does not follow sub-pixel motion."""
 
 import math
 import os
+import pickle
 
 import numpy as np
 import pytest
+
 from golden import case_names, load_case
 from roi_inputs import random_boxes, to_layout, to_nchw
 
-from roialign_cy import _strategy, roi_pool, roi_pool_backward
+from roialign_cy import (
+    RoIAlign,
+    RoIPool,
+    _roi_pool,
+    roi_align,
+    roi_align_backward,
+    roi_pool,
+    roi_pool_backward,
+)
+
+
+# ---- roi_pool and roi_pool_backward: torchvision's golden numbers, a loop reference written from ---
+
 
 LAYOUTS = ["NCHW", "NHWC"]
+
+
 DTYPES = [np.float32, np.float64]
+
+
 FLT_MAX = float(np.finfo(np.float32).max)
 
 
@@ -91,8 +110,6 @@ def pool_backward_in(grad_output_nchw, boxes, features_nchw, output_size, spatia
     return to_nchw(grad, layout)
 
 
-# --- torchvision's numbers --------------------------------------------------------------------
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", case_names("roi_pool"))
 def test_forward_matches_torchvision(name, layout):
@@ -128,8 +145,6 @@ def test_reference_matches_torchvision(name):
         out = reference_roi_pool(data["input"], data["boxes"], size, scale)
         np.testing.assert_array_equal(out, data["output"])
 
-
-# --- the loop reference -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -179,8 +194,6 @@ def test_rounding_helper_is_not_numpy_round():
     assert [round_half_away(v) for v in halves] == [1, 2, 3, -1, -3, 0]
     assert list(np.round(halves[:5])) == [0, 2, 2, -0, -2]
 
-
-# --- empty bins, ties, NaN ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -244,8 +257,6 @@ def test_values_below_minus_flt_max_are_never_chosen():
                                   0)
 
 
-# --- the adjoint identity -------------------------------------------------------------------------
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("ties", [False, True])
 def test_adjoint_identity_at_the_point(ties, layout):
@@ -272,29 +283,6 @@ def test_adjoint_identity_at_the_point(ties, layout):
     other = rng.standard_normal(features.shape)
     gap = np.vdot(roi_pool(other, boxes, **kwargs), grad_output) - np.vdot(other, grad)
     assert abs(gap) > 1e-3 * magnitude
-
-
-# --- threads, dtypes, empty inputs, out= ----------------------------------------------------------
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_threads_bit_identical(layout):
-    """1 thread and many give the same bits, forward and backward, on a big workload."""
-    rng = np.random.default_rng(2025)
-    features = to_layout(rng.standard_normal((2, 32, 48, 48)).astype(np.float32), layout)
-    corners = rng.uniform(-4, 40, (400, 2))
-    boxes = np.column_stack([rng.integers(0, 2, 400), corners,
-                             corners + rng.uniform(2, 24, (400, 2))])
-    many = max(4, os.cpu_count() or 1)
-    serial = roi_pool(features, boxes, 7, layout=layout, num_threads=1)
-    grad_output = rng.standard_normal(serial.shape).astype(np.float32)
-    serial_grad = roi_pool_backward(grad_output, boxes, features, 7, layout=layout,
-                                    num_threads=1)
-    assert np.count_nonzero(serial_grad) > serial_grad.size // 10
-    for n_threads in (None, many):
-        assert np.array_equal(roi_pool(features, boxes, 7, layout=layout,
-                                       num_threads=n_threads), serial)
-        assert np.array_equal(roi_pool_backward(grad_output, boxes, features, 7, layout=layout,
-                                                num_threads=n_threads), serial_grad)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -349,23 +337,21 @@ def test_backward_needs_input():
         roi_pool_backward(np.ones((1, 1, 1, 1)), np.array([[0, 0.0, 0.0, 2.0, 2.0]]), None, 1)
 
 
-# --- the arg-max indices: roi_pool(..., return_argmax=True) and roi_pool_backward(argmax=) --
-
 def argmax_to_nchw(argmax, layout):
     """Arg-max indices in `layout` as (K, C, PH, PW)."""
     return argmax if layout == "NCHW" else np.moveaxis(argmax, -1, 1)
 
 
-@pytest.mark.parametrize("blocked", [False, True], ids=["per_roi", "blocked"])
+@pytest.mark.parametrize("variant", ["per_roi", "packed"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", case_names("roi_pool"))
-def test_argmax_matches_torchvision(name, layout, blocked, monkeypatch):
+def test_argmax_matches_torchvision(name, layout, variant):
     """The indices are torchvision's op's own (y * W + x, -1 for an empty bin), both kernels."""
-    monkeypatch.setattr(_strategy, "use_channel_blocks", lambda *args: blocked)
     params, data = load_case(name)
     size, scale = tuple(params["output_size"]), params["spatial_scale"]
-    pooled, argmax = roi_pool(to_layout(data["input"], layout), data["boxes"], size, scale,
-                              layout=layout, return_argmax=True)
+    pooled, argmax = _roi_pool.forward(to_layout(data["input"], layout), data["boxes"], size,
+                                       scale, layout=layout, return_argmax=True,
+                                       variant=variant)
     assert argmax.dtype == np.int32 and argmax.shape == pooled.shape
     np.testing.assert_array_equal(argmax_to_nchw(argmax, layout), data["argmax"])
     np.testing.assert_array_equal(to_nchw(pooled, layout), data["output"])
@@ -385,21 +371,6 @@ def test_backward_from_argmax_matches_torchvision(name, layout):
     got = roi_pool_backward(grad_output, data["boxes"], np.full_like(features, np.nan), size,
                             scale, layout=layout, argmax=argmax)
     np.testing.assert_array_equal(to_nchw(got, layout), data["grad_input"])
-
-
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_backward_from_argmax_threads_bit_identical(layout):
-    """Many RoIs, many threads: the scatter keeps torchvision's order per element."""
-    rng = np.random.default_rng(77)
-    features = to_layout(rng.integers(0, 3, (2, 24, 30, 30)).astype(np.float32), layout)
-    boxes = random_boxes(rng, 2, 30, 30, 1.0, n_boxes=300)
-    pooled, argmax = roi_pool(features, boxes, 5, layout=layout, return_argmax=True)
-    grad_output = rng.standard_normal(pooled.shape).astype(np.float32)
-    expected = roi_pool_backward(grad_output, boxes, features, 5, layout=layout, num_threads=1)
-    for n_threads in (1, 2, 5):
-        got = roi_pool_backward(grad_output, boxes, features, 5, layout=layout,
-                                num_threads=n_threads, argmax=argmax)
-        np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -452,3 +423,118 @@ def test_argmax_index_is_within_the_channel_of_its_image():
     expected = np.zeros_like(features)
     expected[1, 0, 3, 3] = 7.0
     np.testing.assert_array_equal(grad, expected)
+
+
+# ---- What RoIAlign fixes: RoIPool's quantization does not follow sub-pixel motion, RoIAlign does. ---
+
+
+SIZE = 64
+
+
+def smooth_map(kind, shift):
+    """A (1, 1, 64, 64) float64 map f(y - shift, x - shift): its content moved by +shift px."""
+    y, x = np.mgrid[0:SIZE, 0:SIZE].astype(np.float64)
+    y, x = y - shift, x - shift
+    if kind == "gaussian":
+        values = np.exp(-((y - 30.0) ** 2 + (x - 34.0) ** 2) / (2 * 8.0**2))
+    else:  # a 2-D sinusoid, wavelengths 24 and 32 px
+        values = np.sin(2 * np.pi * x / 24) * np.cos(2 * np.pi * y / 32)
+    return values[np.newaxis, np.newaxis]
+
+
+def interior_boxes(n_boxes=60, seed=0):
+    """(K, 5) boxes of 8..24 px, kept 8 px inside the map even after a 2 px shift."""
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(8, 30, (n_boxes, 2))
+    return np.column_stack([np.zeros(n_boxes), corner, corner + rng.uniform(8, 24, (n_boxes, 2))])
+
+
+def pooled_change(kind, shift, pool):
+    """|pool(moved map, moved boxes) - pool(map, boxes)| for every output element."""
+    boxes = interior_boxes()
+    moved = boxes.copy()
+    moved[:, 1:] += shift
+    return np.abs(pool(smooth_map(kind, shift), moved) - pool(smooth_map(kind, 0.0), boxes))
+
+
+def align_avg(features, boxes):
+    """RoIAlign 7x7, 2x2 samples per bin, pixel-centre convention."""
+    return roi_align(features, boxes, 7, 1.0, 2, True)
+
+
+def align_max(features, boxes):
+    """RoIAlign 7x7, max of an adaptive grid of samples."""
+    return roi_align(features, boxes, 7, 1.0, -1, True, mode="max")
+
+
+def pool_7x7(features, boxes):
+    """RoIPool 7x7."""
+    return roi_pool(features, boxes, 7, 1.0)
+
+
+@pytest.mark.parametrize("align", [align_avg, align_max], ids=["avg", "max"])
+@pytest.mark.parametrize("shift", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("kind", ["gaussian", "sinusoid"])
+def test_roialign_follows_subpixel_shift_roipool_does_not(kind, shift, align):
+    """Both maps have amplitude 1. Measured (0.3 px, gaussian): RoIAlign changes by about
+    2e-3 at most and 2e-4 on average, RoIPool by about 7e-2 and 2e-2."""
+    align_change = pooled_change(kind, shift, align)
+    pool_change = pooled_change(kind, shift, pool_7x7)
+    assert pool_change.mean() > 0.01  # RoIPool really moves: it does not follow
+    assert align_change.mean() < 0.005  # RoIAlign hardly does
+    assert align_change.mean() < 0.05 * pool_change.mean()
+    assert align_change.max() < 0.2 * pool_change.max()
+
+
+@pytest.mark.parametrize("shift", [1.0, 2.0])
+@pytest.mark.parametrize("kind", ["gaussian", "sinusoid"])
+def test_whole_pixel_shift_is_followed_by_both(kind, shift):
+    """The control: a whole-pixel shift moves RoIPool's grid with the content, so both follow
+    (RoIPool exactly), which is what makes the sub-pixel failure a quantization effect."""
+    np.testing.assert_array_equal(pooled_change(kind, shift, pool_7x7), 0)
+    assert pooled_change(kind, shift, align_avg).max() < 1e-12
+    assert pooled_change(kind, shift, align_max).max() < 1e-12
+
+
+def test_roipool_ignores_small_box_moves():
+    """Moving only the boxes by 0.1 px along x: RoIPool (rounding) mostly does not see it,
+    RoIAlign (no rounding) responds for every box."""
+    features = smooth_map("gaussian", 0.0)
+    boxes = interior_boxes()
+    moved = boxes.copy()
+    moved[:, [1, 3]] += 0.1
+    pool_same = np.all(pool_7x7(features, moved) == pool_7x7(features, boxes), axis=(1, 2, 3))
+    align_same = np.all(align_avg(features, moved) == align_avg(features, boxes), axis=(1, 2, 3))
+    assert pool_same.mean() > 0.5
+    assert not align_same.any()
+
+
+# ---- RoIAlign and RoIPool: the functions with fixed parameters, repr, equality, pickle, and ----
+
+
+def case(layout, seed=0):
+    """Random (N=2, C=3, 9x10) features in `layout`, 12 mixed boxes and a matching gradient."""
+    rng = np.random.default_rng(seed)
+    features = to_layout(rng.standard_normal((2, 3, 9, 10)), layout)
+    boxes = random_boxes(rng, 2, 9, 10, 0.5, n_boxes=12)
+    return rng, features, boxes
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_roipool_equals_functions(layout):
+    """Calling and .backward give exactly roi_pool / roi_pool_backward."""
+    rng, features, boxes = case(layout, seed=1)
+    layer = RoIPool((2, 3), spatial_scale=0.5, layout=layout)
+    expected = roi_pool(features, boxes, (2, 3), 0.5, layout=layout)
+    np.testing.assert_array_equal(layer(features, boxes), expected)
+    assert not np.array_equal(RoIPool((2, 3), 1.0, layout=layout)(features, boxes), expected)
+    grad_output = rng.standard_normal(expected.shape)
+    expected_grad = roi_pool_backward(grad_output, boxes, features, (2, 3), 0.5, layout=layout)
+    np.testing.assert_array_equal(layer.backward(grad_output, boxes, features), expected_grad)
+    out = np.empty_like(features)
+    assert layer.backward(grad_output, boxes, features, out=out, num_threads=1) is out
+    np.testing.assert_array_equal(out, expected_grad)
+    pooled, argmax = layer(features, boxes, return_argmax=True)
+    np.testing.assert_array_equal(pooled, expected)
+    np.testing.assert_array_equal(layer.backward(grad_output, boxes, features, argmax=argmax),
+                                  expected_grad)
