@@ -9,6 +9,9 @@ import math
 
 import numpy as np
 
+# torchvision's RoIPool starts each bin's maximum from -FLT_MAX.
+FLT_MAX = float(np.finfo(np.float32).max)
+
 
 def bilinear_taps(height, width, y, x):
     """The 4 (row, col, weight) taps of torchvision's bilinear sample at (y, x), None outside."""
@@ -75,3 +78,206 @@ def reference_roi_align(features_nchw, boxes_k5, output_size, spatial_scale=1.0,
                 else:  # np.max lets a NaN sample win, as NaN should
                     out[k, :, ph, pw] = np.max(values, axis=0)
     return out
+
+
+def sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned, height, width):
+    """Per bin (ph, pw), the bin's samples in (iy, ix) order, each a list of 4 bilinear taps
+    (row, col, weight), or None for a sample outside [-1, H] x [-1, W]; and the divisor count.
+
+    Written from SEMANTICS.md in float64, independently of the package.
+    """
+    pooled_h, pooled_w = output_size
+    x1, y1, x2, y2 = (float(v) for v in box)
+    offset = 0.5 if aligned else 0.0
+    start_x, start_y = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+    roi_w = (x2 * spatial_scale - offset) - start_x
+    roi_h = (y2 * spatial_scale - offset) - start_y
+    if not aligned:
+        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+    bin_w, bin_h = roi_w / pooled_w, roi_h / pooled_h
+    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / pooled_h)
+    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / pooled_w)
+    bins = {}
+    for ph in range(pooled_h):
+        for pw in range(pooled_w):
+            samples = []
+            for iy in range(grid_h):
+                y = start_y + ph * bin_h + (iy + 0.5) * bin_h / grid_h
+                for ix in range(grid_w):
+                    x = start_x + pw * bin_w + (ix + 0.5) * bin_w / grid_w
+                    samples.append(bilinear_taps(height, width, y, x))
+            bins[ph, pw] = samples
+    return bins, max(grid_h * grid_w, 1)
+
+
+def sample_values(plane, taps):
+    """Value of one sample on a (C, H, W) plane: the bilinear sum, or 0 outside the map."""
+    if taps is None:
+        return np.zeros(plane.shape[0])
+    return sum(w * plane[:, r, c] for r, c, w in taps)
+
+
+def reference_roi_align_backward(features, boxes, grad_output, output_size, spatial_scale,
+                       sampling_ratio, aligned, mode):
+    """Loop reference of the gradient w.r.t. (N, C, H, W) features, in float64.
+
+    avg: each inside sample sends grad * w / count to its taps. max: the first maximum
+    sample (in (iy, ix) order, outside samples being 0) sends grad * w to its taps; nothing
+    when that sample is outside.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    _, channels, height, width = features.shape
+    grad_input = np.zeros_like(features)
+    for k, (batch_index, *box) in enumerate(np.asarray(boxes, dtype=np.float64)):
+        b = int(batch_index)
+        bins, count = sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned,
+                                  height, width)
+        for (ph, pw), samples in bins.items():
+            grad = grad_output[k, :, ph, pw].astype(np.float64)
+            if mode == "avg":
+                for taps in filter(None, samples):
+                    for r, c, w in taps:
+                        grad_input[b, :, r, c] += grad * w / count
+                continue
+            if not samples:
+                continue
+            values = np.array([sample_values(features[b], taps) for taps in samples])
+            for ch in range(channels):
+                taps = samples[int(np.argmax(values[:, ch]))]  # argmax: the first maximum
+                for r, c, w in taps or []:
+                    grad_input[b, ch, r, c] += grad[ch] * w
+    return grad_input
+
+
+def _axis_samples(start, bin_size, n_bins, grid, size, t):
+    """Per bin, the sample coordinates along one axis in type t, and their clamped taps.
+
+    Returns (inside, low, high, frac) arrays of shape (n_bins, grid); coordinates are
+    evaluated in t in torchvision's order: start + p * bin + (i + 0.5) * bin / grid.
+    """
+    p = np.arange(n_bins, dtype=t)[:, None]
+    i = np.arange(grid, dtype=t)[None, :]
+    with np.errstate(all="ignore"):
+        coord = (start + p * bin_size) + ((i + t(0.5)) * bin_size) / t(grid)
+    inside = (coord >= -1) & (coord <= size)
+    coord = np.where(inside, np.maximum(coord, t(0)), t(0))
+    low = np.floor(coord).astype(np.int64)
+    at_end = low >= size - 1
+    low = np.where(at_end, size - 1, low)
+    high = np.where(at_end, size - 1, low + 1)
+    frac = np.where(at_end, t(0), coord - low.astype(t)).astype(t)
+    return inside, low, high, frac
+
+
+def reference_roi_align_in_dtype(features, boxes, output_size, spatial_scale, sampling_ratio,
+                           aligned, mode):
+    """RoIAlign of (N, C, H, W) `features` with the RoI geometry evaluated in their dtype.
+
+    Same semantics as tests/reference.py (SEMANTICS.md), but every coordinate is computed in
+    the compute type (float32 for float32/float16 maps), as the package and torchvision do, so
+    a sample sitting exactly on a border or a grid size exactly at an integer is decided the
+    same way. Values are accumulated in float64. Vectorized: cheap for long boxes too.
+    """
+    t = features.dtype.type
+    ph_n, pw_n = output_size
+    n_rois = len(boxes)
+    _, channels, height, width = features.shape
+    coords = np.asarray(boxes)[:, 1:].astype(t)
+    scale, offset = t(spatial_scale), t(0.5) if aligned else t(0)
+    planes = features.astype(np.float64)
+    out = np.zeros((n_rois, channels, ph_n, pw_n))
+    for k in range(n_rois):
+        plane = planes[int(boxes[k][0])]
+        x1, y1, x2, y2 = coords[k]
+        with np.errstate(all="ignore"):
+            start_x, start_y = x1 * scale - offset, y1 * scale - offset
+            roi_w, roi_h = (x2 * scale - offset) - start_x, (y2 * scale - offset) - start_y
+            if not aligned:
+                roi_w, roi_h = max(roi_w, t(1)), max(roi_h, t(1))
+            bin_w, bin_h = roi_w / t(pw_n), roi_h / t(ph_n)
+        if sampling_ratio > 0:
+            grid_h = grid_w = sampling_ratio
+        else:
+            grid_h = max(math.ceil(float(roi_h / t(ph_n))), 0)
+            grid_w = max(math.ceil(float(roi_w / t(pw_n))), 0)
+        count = float(t(max(grid_h * grid_w, 1)))
+        if grid_h == 0 or grid_w == 0:
+            continue  # empty grid: 0 in both modes
+        y_in, y_lo, y_hi, ly = _axis_samples(start_y, bin_h, ph_n, grid_h, height, t)
+        x_in, x_lo, x_hi, lx = _axis_samples(start_x, bin_w, pw_n, grid_w, width, t)
+        hy, hx = (t(1) - ly).astype(t), (t(1) - lx).astype(t)
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                yl, yh = y_lo[ph][:, None], y_hi[ph][:, None]
+                xl, xh = x_lo[pw][None, :], x_hi[pw][None, :]
+                w1 = (hy[ph][:, None] * hx[pw][None, :]).astype(np.float64)
+                w2 = (hy[ph][:, None] * lx[pw][None, :]).astype(np.float64)
+                w3 = (ly[ph][:, None] * hx[pw][None, :]).astype(np.float64)
+                w4 = (ly[ph][:, None] * lx[pw][None, :]).astype(np.float64)
+                values = (w1 * plane[:, yl, xl] + w2 * plane[:, yl, xh]
+                          + w3 * plane[:, yh, xl] + w4 * plane[:, yh, xh])
+                values = np.where(y_in[ph][:, None] & x_in[pw][None, :], values, 0.0)
+                if mode == "avg":
+                    out[k, :, ph, pw] = values.sum(axis=(1, 2)) / count
+                else:
+                    out[k, :, ph, pw] = values.max(axis=(1, 2))
+    return out
+
+
+def round_half_away(value):
+    """C's round(): halves go away from zero (np.round would go to the even neighbour)."""
+    magnitude = math.floor(abs(value))
+    if abs(value) - magnitude >= 0.5:  # exact in binary floating point
+        magnitude += 1
+    return int(math.copysign(magnitude, value))
+
+
+def quantized_bins(first, last, spatial_scale, n_bins, size, dtype):
+    """torchvision's [start, end) pixel range of every bin along one axis, clipped to [0, size].
+
+    The products with spatial_scale and the bin size are rounded to `dtype` as torchvision
+    computes them in the features' type.
+    """
+    start = round_half_away(float(dtype(first) * dtype(spatial_scale)))
+    end = round_half_away(float(dtype(last) * dtype(spatial_scale)))
+    length = max(end - start + 1, 1)
+    bin_size = dtype(length) / dtype(n_bins)
+    ranges = []
+    for p in range(n_bins):
+        low = math.floor(float(dtype(p) * bin_size)) + start
+        high = math.ceil(float(dtype(p + 1) * bin_size)) + start
+        ranges.append((min(max(low, 0), size), min(max(high, 0), size)))
+    return ranges
+
+
+def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None):
+    """Loop RoIPool of (N, C, H, W) features over (K, 5) boxes.
+
+    Returns the pooled (K, C, PH, PW) array, and with grad_output also the gradient w.r.t.
+    the features (float64): each bin's gradient to its first strict maximum, started from
+    -FLT_MAX as torchvision does; an empty bin is 0 and takes no gradient.
+    """
+    dtype = features.dtype.type
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = features.shape
+    boxes = np.asarray(boxes).astype(dtype)
+    out = np.zeros((len(boxes), channels, pooled_h, pooled_w), dtype=dtype)
+    grad_input = np.zeros(features.shape)
+    for k, (batch_index, x1, y1, x2, y2) in enumerate(boxes):
+        b = int(batch_index)
+        rows = quantized_bins(y1, y2, spatial_scale, pooled_h, height, dtype)
+        cols = quantized_bins(x1, x2, spatial_scale, pooled_w, width, dtype)
+        for ph, (y_lo, y_hi) in enumerate(rows):
+            for pw, (x_lo, x_hi) in enumerate(cols):
+                if y_hi <= y_lo or x_hi <= x_lo:
+                    continue  # empty bin: 0, no gradient
+                for c in range(channels):
+                    best, where = -FLT_MAX, None
+                    for y in range(y_lo, y_hi):
+                        for x in range(x_lo, x_hi):
+                            if features[b, c, y, x] > best:
+                                best, where = features[b, c, y, x], (y, x)
+                    out[k, c, ph, pw] = best
+                    if grad_output is not None and where is not None:
+                        grad_input[b, c][where] += grad_output[k, c, ph, pw]
+    return out if grad_output is None else (out, grad_input)

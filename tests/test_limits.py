@@ -3,7 +3,6 @@ bounded memory (a child under a 1 GiB address-space limit) and time, merged grid
 exact average of their samples, float32 sums never truncate, and a long call reacts to
 SIGINT with KeyboardInterrupt, leaving the interpreter healthy."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from roialign_cy import roi_align, roi_align_backward
+from roialign_cy import roi_align
 
 HUGE_GRIDS = [3000, 10**5, 10**9]
 LAYOUTS = ["NCHW", "NHWC"]

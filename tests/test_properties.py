@@ -15,7 +15,6 @@ for a ten times deeper run. Every test asserts how many examples it really ran a
 """
 
 import contextlib
-import math
 import os
 import sys
 import time
@@ -23,9 +22,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
-from hypothesis import strategies as st
-from reference import reference_roi_align
+from hypothesis import HealthCheck, given, note, settings, strategies as st
+
+from reference import reference_roi_align, reference_roi_align_in_dtype, reference_roi_pool
 
 from roialign_cy import roi_align, roi_align_backward, roi_pool, roi_pool_backward
 
@@ -85,119 +84,6 @@ def compute_dtype(dtype):
     return np.dtype(np.float32) if np.dtype(dtype) == np.float16 else np.dtype(dtype)
 
 
-def _axis_samples(start, bin_size, n_bins, grid, size, t):
-    """Per bin, the sample coordinates along one axis in type t, and their clamped taps.
-
-    Returns (inside, low, high, frac) arrays of shape (n_bins, grid); coordinates are
-    evaluated in t in torchvision's order: start + p * bin + (i + 0.5) * bin / grid.
-    """
-    p = np.arange(n_bins, dtype=t)[:, None]
-    i = np.arange(grid, dtype=t)[None, :]
-    with np.errstate(all="ignore"):
-        coord = (start + p * bin_size) + ((i + t(0.5)) * bin_size) / t(grid)
-    inside = (coord >= -1) & (coord <= size)
-    coord = np.where(inside, np.maximum(coord, t(0)), t(0))
-    low = np.floor(coord).astype(np.int64)
-    at_end = low >= size - 1
-    low = np.where(at_end, size - 1, low)
-    high = np.where(at_end, size - 1, low + 1)
-    frac = np.where(at_end, t(0), coord - low.astype(t)).astype(t)
-    return inside, low, high, frac
-
-
-def ref_roi_align_in_dtype(features, boxes, output_size, spatial_scale, sampling_ratio,
-                           aligned, mode):
-    """RoIAlign of (N, C, H, W) `features` with the RoI geometry evaluated in their dtype.
-
-    Same semantics as tests/reference.py (SEMANTICS.md), but every coordinate is computed in
-    the compute type (float32 for float32/float16 maps), as the package and torchvision do, so
-    a sample sitting exactly on a border or a grid size exactly at an integer is decided the
-    same way. Values are accumulated in float64. Vectorized: cheap for long boxes too.
-    """
-    t = features.dtype.type
-    ph_n, pw_n = output_size
-    n_rois = len(boxes)
-    _, channels, height, width = features.shape
-    coords = np.asarray(boxes)[:, 1:].astype(t)
-    scale, offset = t(spatial_scale), t(0.5) if aligned else t(0)
-    planes = features.astype(np.float64)
-    out = np.zeros((n_rois, channels, ph_n, pw_n))
-    for k in range(n_rois):
-        plane = planes[int(boxes[k][0])]
-        x1, y1, x2, y2 = coords[k]
-        with np.errstate(all="ignore"):
-            start_x, start_y = x1 * scale - offset, y1 * scale - offset
-            roi_w, roi_h = (x2 * scale - offset) - start_x, (y2 * scale - offset) - start_y
-            if not aligned:
-                roi_w, roi_h = max(roi_w, t(1)), max(roi_h, t(1))
-            bin_w, bin_h = roi_w / t(pw_n), roi_h / t(ph_n)
-        if sampling_ratio > 0:
-            grid_h = grid_w = sampling_ratio
-        else:
-            grid_h = max(math.ceil(float(roi_h / t(ph_n))), 0)
-            grid_w = max(math.ceil(float(roi_w / t(pw_n))), 0)
-        count = float(t(max(grid_h * grid_w, 1)))
-        if grid_h == 0 or grid_w == 0:
-            continue  # empty grid: 0 in both modes
-        y_in, y_lo, y_hi, ly = _axis_samples(start_y, bin_h, ph_n, grid_h, height, t)
-        x_in, x_lo, x_hi, lx = _axis_samples(start_x, bin_w, pw_n, grid_w, width, t)
-        hy, hx = (t(1) - ly).astype(t), (t(1) - lx).astype(t)
-        for ph in range(ph_n):
-            for pw in range(pw_n):
-                yl, yh = y_lo[ph][:, None], y_hi[ph][:, None]
-                xl, xh = x_lo[pw][None, :], x_hi[pw][None, :]
-                w1 = (hy[ph][:, None] * hx[pw][None, :]).astype(np.float64)
-                w2 = (hy[ph][:, None] * lx[pw][None, :]).astype(np.float64)
-                w3 = (ly[ph][:, None] * hx[pw][None, :]).astype(np.float64)
-                w4 = (ly[ph][:, None] * lx[pw][None, :]).astype(np.float64)
-                values = (w1 * plane[:, yl, xl] + w2 * plane[:, yl, xh]
-                          + w3 * plane[:, yh, xl] + w4 * plane[:, yh, xh])
-                values = np.where(y_in[ph][:, None] & x_in[pw][None, :], values, 0.0)
-                if mode == "avg":
-                    out[k, :, ph, pw] = values.sum(axis=(1, 2)) / count
-                else:
-                    out[k, :, ph, pw] = values.max(axis=(1, 2))
-    return out
-
-
-def _round_half_away(value):
-    """C's round(): halves away from zero."""
-    return math.copysign(math.floor(abs(value) + 0.5), value)
-
-
-def ref_roi_pool(features, boxes, output_size, spatial_scale):
-    """torchvision's roi_pool in loops: corners rounded, +1 size, bins floor/ceil, strict >."""
-    t = features.dtype.type
-    ph_n, pw_n = output_size
-    _, channels, height, width = features.shape
-    coords = np.asarray(boxes)[:, 1:].astype(t)
-    scale = t(spatial_scale)
-    out = np.zeros((len(boxes), channels, ph_n, pw_n), dtype=features.dtype)
-
-    def bins(first, last, n_bins, size):
-        start = _round_half_away(float(first * scale))
-        length = max(_round_half_away(float(last * scale)) - start + 1.0, 1.0)
-        bin_size = t(length) / t(n_bins)
-        return [(int(min(max(math.floor(float(t(p) * bin_size)) + start, 0), size)),
-                 int(min(max(math.ceil(float(t(p + 1) * bin_size)) + start, 0), size)))
-                for p in range(n_bins)]
-
-    for k in range(len(boxes)):
-        plane = features[int(boxes[k][0])]
-        x1, y1, x2, y2 = coords[k]
-        for ph, (h0, h1) in enumerate(bins(y1, y2, ph_n, height)):
-            for pw, (w0, w1) in enumerate(bins(x1, x2, pw_n, width)):
-                if h1 <= h0 or w1 <= w0:
-                    continue
-                for c in range(channels):
-                    best = t(-np.finfo(np.float32).max)
-                    for value in plane[c, h0:h1, w0:w1].ravel():
-                        if value > best:
-                            best = value
-                    out[k, c, ph, pw] = best
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Strategies
 # ---------------------------------------------------------------------------------------------
@@ -242,9 +128,6 @@ def to_layout(nchw, layout):
 def from_layout(pooled, layout):
     """A (K, PH, PW, C) result as (K, C, PH, PW)."""
     return pooled if layout == "NCHW" else np.moveaxis(pooled, -1, 1)
-
-
-EIGHTHS = st.integers(-8 * 40, 8 * 40).map(lambda n: n / 8)  # exact in every float type
 
 
 @st.composite
@@ -412,7 +295,7 @@ def _roi_align_matches_reference(case):
     compute = features.astype(compute_dtype(case["dtype"]))
     args = (case["output_size"], case["spatial_scale"], case["sampling_ratio"],
             case["aligned"], case["mode"])
-    expected = ref_roi_align_in_dtype(compute, rows, *args)
+    expected = reference_roi_align_in_dtype(compute, rows, *args)
     rtol, atol = tolerance(case["dtype"], float(np.abs(compute).max(initial=0)))
     np.testing.assert_allclose(result.astype(np.float64), expected, rtol=rtol, atol=atol)
     if case["dtype"] == np.float64 and expected.size and expected.size * 64 < 20000:
@@ -448,7 +331,7 @@ def _roi_pool_matches_reference(case):
     assert result.dtype == np.dtype(case["dtype"])
     rows = box_argument(case)[1]
     compute = features.astype(compute_dtype(case["dtype"]))
-    expected = ref_roi_pool(compute, rows, case["output_size"], case["spatial_scale"])
+    expected = reference_roi_pool(compute, rows, case["output_size"], case["spatial_scale"])
     np.testing.assert_array_equal(result, expected.astype(case["dtype"]))
     contiguous = call_forward(roi_pool, features, dict(case, view="contiguous"))
     np.testing.assert_array_equal(result, from_layout(contiguous, case["layout"]))

@@ -3,26 +3,16 @@ torchvision's golden numbers, hand values, finite differences and the adjoint id
 average and max mode, edge cases (boxes outside, tiny, inverted, huge; NaN features),
 out= and empty inputs, and the classes (repr, equality, pickle, parameters)."""
 
-import math
-import os
 import pickle
 
 import numpy as np
 import pytest
 
 from golden import case_names, load_case, load_meta
-from reference import bilinear_taps, reference_roi_align
+from reference import reference_roi_align, reference_roi_align_backward, sample_grid, sample_values
 from roi_inputs import align_nchw, random_boxes, to_layout, to_nchw
 
-from roialign_cy import (
-    RoIAlign,
-    RoIPool,
-    _roi_align,
-    roi_align,
-    roi_align_backward,
-    roi_pool,
-    roi_pool_backward,
-)
+from roialign_cy import RoIAlign, RoIPool, roi_align, roi_align_backward
 
 
 # ---- roi_align's numbers against the loop reference, torchvision's golden data, hand values. ---
@@ -152,75 +142,6 @@ CONFIGS = [
 ]
 
 
-def sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned, height, width):
-    """Per bin (ph, pw), the bin's samples in (iy, ix) order, each a list of 4 bilinear taps
-    (row, col, weight), or None for a sample outside [-1, H] x [-1, W]; and the divisor count.
-
-    Written from SEMANTICS.md in float64, independently of the package.
-    """
-    pooled_h, pooled_w = output_size
-    x1, y1, x2, y2 = (float(v) for v in box)
-    offset = 0.5 if aligned else 0.0
-    start_x, start_y = x1 * spatial_scale - offset, y1 * spatial_scale - offset
-    roi_w = (x2 * spatial_scale - offset) - start_x
-    roi_h = (y2 * spatial_scale - offset) - start_y
-    if not aligned:
-        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-    bin_w, bin_h = roi_w / pooled_w, roi_h / pooled_h
-    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / pooled_h)
-    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / pooled_w)
-    bins = {}
-    for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            samples = []
-            for iy in range(grid_h):
-                y = start_y + ph * bin_h + (iy + 0.5) * bin_h / grid_h
-                for ix in range(grid_w):
-                    x = start_x + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-                    samples.append(bilinear_taps(height, width, y, x))
-            bins[ph, pw] = samples
-    return bins, max(grid_h * grid_w, 1)
-
-
-def sample_values(plane, taps):
-    """Value of one sample on a (C, H, W) plane: the bilinear sum, or 0 outside the map."""
-    if taps is None:
-        return np.zeros(plane.shape[0])
-    return sum(w * plane[:, r, c] for r, c, w in taps)
-
-
-def reference_backward(features, boxes, grad_output, output_size, spatial_scale,
-                       sampling_ratio, aligned, mode):
-    """Loop reference of the gradient w.r.t. (N, C, H, W) features, in float64.
-
-    avg: each inside sample sends grad * w / count to its taps. max: the first maximum
-    sample (in (iy, ix) order, outside samples being 0) sends grad * w to its taps; nothing
-    when that sample is outside.
-    """
-    features = np.asarray(features, dtype=np.float64)
-    _, channels, height, width = features.shape
-    grad_input = np.zeros_like(features)
-    for k, (batch_index, *box) in enumerate(np.asarray(boxes, dtype=np.float64)):
-        b = int(batch_index)
-        bins, count = sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned,
-                                  height, width)
-        for (ph, pw), samples in bins.items():
-            grad = grad_output[k, :, ph, pw].astype(np.float64)
-            if mode == "avg":
-                for taps in filter(None, samples):
-                    for r, c, w in taps:
-                        grad_input[b, :, r, c] += grad * w / count
-                continue
-            if not samples:
-                continue
-            values = np.array([sample_values(features[b], taps) for taps in samples])
-            for ch in range(channels):
-                taps = samples[int(np.argmax(values[:, ch]))]  # argmax: the first maximum
-                for r, c, w in taps or []:
-                    grad_input[b, ch, r, c] += grad[ch] * w
-    return grad_input
-
-
 def max_margins(features, boxes, output_size, spatial_scale, sampling_ratio, aligned):
     """Per box: the smallest gap between the best and second-best sample of any bin and
     channel (outside samples counting as 0), and how many of its bins an outside 0 wins.
@@ -278,7 +199,7 @@ def test_avg_backward_golden_premise(name):
 @pytest.mark.parametrize("mode", ["avg", "max"])
 @pytest.mark.parametrize("config", CONFIGS)
 def test_backward_matches_loop_reference(config, mode, layout):
-    """Random float64 cases against reference_backward (ties are measure-zero here)."""
+    """Random float64 cases against reference_roi_align_backward (ties are measure-zero here)."""
     scale, size, sr, aligned = config
     rng = np.random.default_rng([CONFIGS.index(config), mode == "max"])
     features = rng.standard_normal((2, 3, 7, 8))
@@ -289,7 +210,7 @@ def test_backward_matches_loop_reference(config, mode, layout):
         boxes, to_layout(features, layout).shape, size, scale, sr, aligned, layout=layout,
         mode=mode, input=to_layout(features, layout),
     )
-    expected = reference_backward(features, boxes, grad_output, size, scale, sr, aligned, mode)
+    expected = reference_roi_align_backward(features, boxes, grad_output, size, scale, sr, aligned, mode)
     np.testing.assert_allclose(to_nchw(got, layout), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -446,19 +367,6 @@ def test_adjoint_identity_max_at_the_point(aligned, layout):
     other = rng.standard_normal(features.shape)
     gap = np.vdot(roi_align(other, boxes, **kwargs), grad_output) - np.vdot(other, grad_input)
     assert abs(gap) > 1e-3 * magnitude
-
-
-@pytest.fixture(scope="module")
-def big_workload():
-    """Features (2, 32, 48, 48) float32 and 400 boxes: enough work for every thread."""
-    rng = np.random.default_rng(2024)
-    features = rng.standard_normal((2, 32, 48, 48)).astype(np.float32)
-    boxes = random_boxes(rng, 2, 48, 48, 1.0, n_boxes=400)
-    # Plenty of ordinary overlapping boxes, so many RoIs add into the same feature elements.
-    ordinary = rng.uniform(0, 40, (300, 2))
-    extra = np.column_stack([rng.integers(0, 2, 300), ordinary,
-                             ordinary + rng.uniform(4, 20, (300, 2))])
-    return features, np.concatenate([boxes[:100], extra])
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

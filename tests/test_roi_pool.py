@@ -2,25 +2,15 @@
 reference, C rounding, empty bins, ties, NaN, the adjoint identity; and what RoIAlign
 fixes: RoIPool's quantization does not follow sub-pixel motion."""
 
-import math
-import os
-import pickle
 
 import numpy as np
 import pytest
 
 from golden import case_names, load_case
+from reference import FLT_MAX, reference_roi_pool, round_half_away
 from roi_inputs import random_boxes, to_layout, to_nchw
 
-from roialign_cy import (
-    RoIAlign,
-    RoIPool,
-    _roi_pool,
-    roi_align,
-    roi_align_backward,
-    roi_pool,
-    roi_pool_backward,
-)
+from roialign_cy import RoIPool, _roi_pool, roi_align, roi_pool, roi_pool_backward
 
 
 # ---- roi_pool and roi_pool_backward: torchvision's golden numbers, a loop reference written from ---
@@ -32,66 +22,6 @@ LAYOUTS = ["NCHW", "NHWC"]
 DTYPES = [np.float32, np.float64]
 
 
-FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def round_half_away(value):
-    """C's round(): halves go away from zero (np.round would go to the even neighbour)."""
-    magnitude = math.floor(abs(value))
-    if abs(value) - magnitude >= 0.5:  # exact in binary floating point
-        magnitude += 1
-    return int(math.copysign(magnitude, value))
-
-
-def quantized_bins(first, last, spatial_scale, n_bins, size, dtype):
-    """torchvision's [start, end) pixel range of every bin along one axis, clipped to [0, size].
-
-    The products with spatial_scale and the bin size are rounded to `dtype` as torchvision
-    computes them in the features' type.
-    """
-    start = round_half_away(float(dtype(first) * dtype(spatial_scale)))
-    end = round_half_away(float(dtype(last) * dtype(spatial_scale)))
-    length = max(end - start + 1, 1)
-    bin_size = dtype(length) / dtype(n_bins)
-    ranges = []
-    for p in range(n_bins):
-        low = math.floor(float(dtype(p) * bin_size)) + start
-        high = math.ceil(float(dtype(p + 1) * bin_size)) + start
-        ranges.append((min(max(low, 0), size), min(max(high, 0), size)))
-    return ranges
-
-
-def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None):
-    """Loop RoIPool of (N, C, H, W) features over (K, 5) boxes.
-
-    Returns the pooled (K, C, PH, PW) array, and with grad_output also the gradient w.r.t.
-    the features (float64): each bin's gradient to its first strict maximum, started from
-    -FLT_MAX as torchvision does; an empty bin is 0 and takes no gradient.
-    """
-    dtype = features.dtype.type
-    pooled_h, pooled_w = output_size
-    _, channels, height, width = features.shape
-    boxes = np.asarray(boxes).astype(dtype)
-    out = np.zeros((len(boxes), channels, pooled_h, pooled_w), dtype=dtype)
-    grad_input = np.zeros(features.shape)
-    for k, (batch_index, x1, y1, x2, y2) in enumerate(boxes):
-        b = int(batch_index)
-        rows = quantized_bins(y1, y2, spatial_scale, pooled_h, height, dtype)
-        cols = quantized_bins(x1, x2, spatial_scale, pooled_w, width, dtype)
-        for ph, (y_lo, y_hi) in enumerate(rows):
-            for pw, (x_lo, x_hi) in enumerate(cols):
-                if y_hi <= y_lo or x_hi <= x_lo:
-                    continue  # empty bin: 0, no gradient
-                for c in range(channels):
-                    best, where = -FLT_MAX, None
-                    for y in range(y_lo, y_hi):
-                        for x in range(x_lo, x_hi):
-                            if features[b, c, y, x] > best:
-                                best, where = features[b, c, y, x], (y, x)
-                    out[k, c, ph, pw] = best
-                    if grad_output is not None and where is not None:
-                        grad_input[b, c][where] += grad_output[k, c, ph, pw]
-    return out if grad_output is None else (out, grad_input)
 
 
 def pool_in(features_nchw, boxes, output_size, spatial_scale=1.0, layout="NCHW", **kwargs):

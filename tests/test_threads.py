@@ -2,7 +2,6 @@
 both kernel variants), concurrent calls from Python threads give the serial results, a
 fork does not hang, and show_config reports the build."""
 
-import math
 import os
 import subprocess
 import sys
@@ -12,15 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from golden import case_names, load_case
-from reference import bilinear_taps
-from roi_inputs import random_boxes, to_layout, to_nchw
+from roi_inputs import random_boxes, to_layout
 
 import roialign_cy
 from roialign_cy import (
     RoIAlign,
     _roi_align,
-    _roi_pool,
     roi_align,
     roi_align_backward,
     roi_pool,
@@ -237,135 +233,6 @@ def test_fork_after_parallel_call_does_not_hang(tmp_path):
 LAYOUTS = ["NCHW", "NHWC"]
 
 
-# (spatial_scale, output_size, sampling_ratio, aligned)
-CONFIGS = [
-    (1.0, (3, 3), 2, False),
-    (1.0, (2, 3), -1, True),
-    (0.5, (3, 2), 0, False),
-    (0.5, (2, 2), 1, True),
-]
-
-
-def sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned, height, width):
-    """Per bin (ph, pw), the bin's samples in (iy, ix) order, each a list of 4 bilinear taps
-    (row, col, weight), or None for a sample outside [-1, H] x [-1, W]; and the divisor count.
-
-    Written from SEMANTICS.md in float64, independently of the package.
-    """
-    pooled_h, pooled_w = output_size
-    x1, y1, x2, y2 = (float(v) for v in box)
-    offset = 0.5 if aligned else 0.0
-    start_x, start_y = x1 * spatial_scale - offset, y1 * spatial_scale - offset
-    roi_w = (x2 * spatial_scale - offset) - start_x
-    roi_h = (y2 * spatial_scale - offset) - start_y
-    if not aligned:
-        roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
-    bin_w, bin_h = roi_w / pooled_w, roi_h / pooled_h
-    grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / pooled_h)
-    grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / pooled_w)
-    bins = {}
-    for ph in range(pooled_h):
-        for pw in range(pooled_w):
-            samples = []
-            for iy in range(grid_h):
-                y = start_y + ph * bin_h + (iy + 0.5) * bin_h / grid_h
-                for ix in range(grid_w):
-                    x = start_x + pw * bin_w + (ix + 0.5) * bin_w / grid_w
-                    samples.append(bilinear_taps(height, width, y, x))
-            bins[ph, pw] = samples
-    return bins, max(grid_h * grid_w, 1)
-
-
-def sample_values(plane, taps):
-    """Value of one sample on a (C, H, W) plane: the bilinear sum, or 0 outside the map."""
-    if taps is None:
-        return np.zeros(plane.shape[0])
-    return sum(w * plane[:, r, c] for r, c, w in taps)
-
-
-def reference_backward(features, boxes, grad_output, output_size, spatial_scale,
-                       sampling_ratio, aligned, mode):
-    """Loop reference of the gradient w.r.t. (N, C, H, W) features, in float64.
-
-    avg: each inside sample sends grad * w / count to its taps. max: the first maximum
-    sample (in (iy, ix) order, outside samples being 0) sends grad * w to its taps; nothing
-    when that sample is outside.
-    """
-    features = np.asarray(features, dtype=np.float64)
-    _, channels, height, width = features.shape
-    grad_input = np.zeros_like(features)
-    for k, (batch_index, *box) in enumerate(np.asarray(boxes, dtype=np.float64)):
-        b = int(batch_index)
-        bins, count = sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned,
-                                  height, width)
-        for (ph, pw), samples in bins.items():
-            grad = grad_output[k, :, ph, pw].astype(np.float64)
-            if mode == "avg":
-                for taps in filter(None, samples):
-                    for r, c, w in taps:
-                        grad_input[b, :, r, c] += grad * w / count
-                continue
-            if not samples:
-                continue
-            values = np.array([sample_values(features[b], taps) for taps in samples])
-            for ch in range(channels):
-                taps = samples[int(np.argmax(values[:, ch]))]  # argmax: the first maximum
-                for r, c, w in taps or []:
-                    grad_input[b, ch, r, c] += grad[ch] * w
-    return grad_input
-
-
-def max_margins(features, boxes, output_size, spatial_scale, sampling_ratio, aligned):
-    """Per box: the smallest gap between the best and second-best sample of any bin and
-    channel (outside samples counting as 0), and how many of its bins an outside 0 wins.
-
-    Samples with the same taps (all outside ones; those clamped onto the same border pixel)
-    tie harmlessly, whichever wins the gradient is the same: they count once.
-    """
-    _, _, height, width = features.shape
-    margins, outside_wins = [], []
-    for batch_index, *box in boxes:
-        bins, _ = sample_grid(box, spatial_scale, output_size, sampling_ratio, aligned,
-                              height, width)
-        gap, wins = np.inf, 0
-        for samples in bins.values():
-            samples = list({None if t is None else tuple(t): t for t in samples}.values())
-            if len(samples) < 2:
-                continue
-            values = np.array([sample_values(features[int(batch_index)], t) for t in samples])
-            top2 = np.sort(values, axis=0)[-2:]
-            gap = min(gap, float(np.min(top2[1] - top2[0])))
-            wins += sum(samples[i] is None for i in np.argmax(values, axis=0))
-        margins.append(gap)
-        outside_wins.append(wins)
-    return np.array(margins), np.array(outside_wins)
-
-
-def one_bin_max_gradient(value, box, layout="NCHW"):
-    """Max-mode gradient of a 1x1 output (sampling_ratio 2) over a constant 6x6 map."""
-    features = to_layout(np.full((1, 1, 6, 6), value), layout)
-    grad = np.ones((1, 1, 1, 1))
-    grad_input = roi_align_backward(grad, np.array([[0.0, *box]]), features.shape, 1,
-                                    sampling_ratio=2, layout=layout, mode="max",
-                                    input=features)
-    return to_nchw(grad_input, layout)[0, 0]
-
-
-def finite_difference_gradient(features, boxes, grad_output, step, **kwargs):
-    """Central differences of <roi_align(x), grad_output> w.r.t. every element of x."""
-    grad = np.zeros_like(features)
-    flat, flat_grad = features.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        saved = flat[i]
-        flat[i] = saved + step
-        plus = np.vdot(roi_align(features, boxes, **kwargs), grad_output)
-        flat[i] = saved - step
-        minus = np.vdot(roi_align(features, boxes, **kwargs), grad_output)
-        flat[i] = saved
-        flat_grad[i] = (plus - minus) / (2 * step)
-    return grad
-
-
 @pytest.fixture(scope="module")
 def big_workload():
     """Features (2, 32, 48, 48) float32 and 400 boxes: enough work for every thread."""
@@ -411,87 +278,6 @@ def test_threads_bit_identical(big_workload, mode, layout):
 # ---- roi_pool and roi_pool_backward: torchvision's golden numbers, a loop reference written from ---
 
 
-DTYPES = [np.float32, np.float64]
-
-
-FLT_MAX = float(np.finfo(np.float32).max)
-
-
-def round_half_away(value):
-    """C's round(): halves go away from zero (np.round would go to the even neighbour)."""
-    magnitude = math.floor(abs(value))
-    if abs(value) - magnitude >= 0.5:  # exact in binary floating point
-        magnitude += 1
-    return int(math.copysign(magnitude, value))
-
-
-def quantized_bins(first, last, spatial_scale, n_bins, size, dtype):
-    """torchvision's [start, end) pixel range of every bin along one axis, clipped to [0, size].
-
-    The products with spatial_scale and the bin size are rounded to `dtype` as torchvision
-    computes them in the features' type.
-    """
-    start = round_half_away(float(dtype(first) * dtype(spatial_scale)))
-    end = round_half_away(float(dtype(last) * dtype(spatial_scale)))
-    length = max(end - start + 1, 1)
-    bin_size = dtype(length) / dtype(n_bins)
-    ranges = []
-    for p in range(n_bins):
-        low = math.floor(float(dtype(p) * bin_size)) + start
-        high = math.ceil(float(dtype(p + 1) * bin_size)) + start
-        ranges.append((min(max(low, 0), size), min(max(high, 0), size)))
-    return ranges
-
-
-def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None):
-    """Loop RoIPool of (N, C, H, W) features over (K, 5) boxes.
-
-    Returns the pooled (K, C, PH, PW) array, and with grad_output also the gradient w.r.t.
-    the features (float64): each bin's gradient to its first strict maximum, started from
-    -FLT_MAX as torchvision does; an empty bin is 0 and takes no gradient.
-    """
-    dtype = features.dtype.type
-    pooled_h, pooled_w = output_size
-    _, channels, height, width = features.shape
-    boxes = np.asarray(boxes).astype(dtype)
-    out = np.zeros((len(boxes), channels, pooled_h, pooled_w), dtype=dtype)
-    grad_input = np.zeros(features.shape)
-    for k, (batch_index, x1, y1, x2, y2) in enumerate(boxes):
-        b = int(batch_index)
-        rows = quantized_bins(y1, y2, spatial_scale, pooled_h, height, dtype)
-        cols = quantized_bins(x1, x2, spatial_scale, pooled_w, width, dtype)
-        for ph, (y_lo, y_hi) in enumerate(rows):
-            for pw, (x_lo, x_hi) in enumerate(cols):
-                if y_hi <= y_lo or x_hi <= x_lo:
-                    continue  # empty bin: 0, no gradient
-                for c in range(channels):
-                    best, where = -FLT_MAX, None
-                    for y in range(y_lo, y_hi):
-                        for x in range(x_lo, x_hi):
-                            if features[b, c, y, x] > best:
-                                best, where = features[b, c, y, x], (y, x)
-                    out[k, c, ph, pw] = best
-                    if grad_output is not None and where is not None:
-                        grad_input[b, c][where] += grad_output[k, c, ph, pw]
-    return out if grad_output is None else (out, grad_input)
-
-
-def pool_in(features_nchw, boxes, output_size, spatial_scale=1.0, layout="NCHW", **kwargs):
-    """roi_pool of NCHW features handed over in `layout`, the result as (K, C, PH, PW)."""
-    pooled = roi_pool(to_layout(features_nchw, layout), boxes, output_size, spatial_scale,
-                      layout=layout, **kwargs)
-    return to_nchw(pooled, layout)
-
-
-def pool_backward_in(grad_output_nchw, boxes, features_nchw, output_size, spatial_scale=1.0,
-                     layout="NCHW", **kwargs):
-    """roi_pool_backward with NCHW arrays handed over in `layout`; the gradient as NCHW."""
-    grad = roi_pool_backward(to_layout(grad_output_nchw, layout), boxes,
-                             to_layout(features_nchw, layout), output_size, spatial_scale,
-                             layout=layout, **kwargs)
-    return to_nchw(grad, layout)
-
-
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_threads_bit_identical_pool(layout):
     """1 thread and many give the same bits, forward and backward, on a big workload."""
@@ -511,11 +297,6 @@ def test_threads_bit_identical_pool(layout):
                                        num_threads=n_threads), serial)
         assert np.array_equal(roi_pool_backward(grad_output, boxes, features, 7, layout=layout,
                                                 num_threads=n_threads), serial_grad)
-
-
-def argmax_to_nchw(argmax, layout):
-    """Arg-max indices in `layout` as (K, C, PH, PW)."""
-    return argmax if layout == "NCHW" else np.moveaxis(argmax, -1, 1)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
