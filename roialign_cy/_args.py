@@ -399,8 +399,13 @@ def check_argmax_fits(n_pixels, name):
 
 def check_argmax(argmax, grad_shape, n_pixels):
     """Return roi_pool's arg-max indices as C-contiguous int32 of grad_shape, each checked to
-    lie in [-1, n_pixels): the backward writes where they point."""
+    lie in [-1, n_pixels): the backward writes where they point (and checks each again
+    where it uses it, since the caller can still change them)."""
     check_argmax_fits(n_pixels, "argmax")
+    if (type(argmax) is np.ndarray and argmax.dtype is _INT32 and argmax.flags.c_contiguous
+            and argmax.flags.aligned and argmax.shape == grad_shape
+            and (not argmax.size or _boxes.all_within(argmax, -1, n_pixels))):
+        return argmax.view()  # the usual form: roi_pool's own result, checked in one pass
     indices = np.asarray(argmax)
     if indices.dtype.kind not in "iu":
         raise TypeError(f"argmax must hold integers (the second result of roi_pool(..., "
@@ -408,9 +413,7 @@ def check_argmax(argmax, grad_shape, n_pixels):
     if indices.shape != tuple(grad_shape):
         raise ValueError(f"argmax must have grad_output's shape {tuple(grad_shape)}, "
                          f"got {indices.shape}")
-    indices = np.require(indices, None, ["C_CONTIGUOUS", "ALIGNED"])
-    if indices.size and not (indices.dtype == _INT32 and indices.dtype.isnative
-                             and _boxes.all_within(indices, -1, n_pixels)):
+    if indices.size:
         low, high = indices.min(), indices.max()
         if low < -1 or high >= n_pixels:
             bad = low if low < -1 else high
