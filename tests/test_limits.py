@@ -3,6 +3,7 @@ bounded memory (a child under a 1 GiB address-space limit) and time, merged grid
 exact average of their samples, float32 sums never truncate, and a long call reacts to
 SIGINT with KeyboardInterrupt, leaving the interpreter healthy."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,12 +17,15 @@ from roialign_cy import roi_align
 
 HUGE_GRIDS = [3000, 10**5, 10**9]
 LAYOUTS = ["NCHW", "NHWC"]
+# Under AddressSanitizer (tools/sanitize.sh) the shadow memory needs terabytes of address
+# space and the unoptimised build is slow: no address-space limits, no time limits there.
+UNDER_ASAN = "asan" in os.environ.get("LD_PRELOAD", "")
 
 
 def _child(code, timeout=120, limit_gib=None):
     """Run `code` in a fresh interpreter (under an address-space limit); its stdout."""
     prologue = ""
-    if limit_gib is not None:
+    if limit_gib is not None and not UNDER_ASAN:
         prologue = textwrap.dedent(f"""
             import resource
             resource.setrlimit(resource.RLIMIT_AS, ({limit_gib} << 30, {limit_gib} << 30))
@@ -53,7 +57,7 @@ def test_huge_sampling_ratios_fit_in_1_gib():
                                               input=xl)
                     seconds = time.perf_counter() - start
                     assert np.isfinite(pooled).all() and np.isfinite(grad).all()
-                    assert seconds < 1.0, (layout, mode, sr, seconds)
+                    assert seconds < 1.0 or {UNDER_ASAN}, (layout, mode, sr, seconds)
         print("ok")
     """, limit_gib=1)
     assert out.strip() == "ok"
@@ -166,7 +170,7 @@ def test_sigint_interrupts_a_long_call(layout):
             child.kill()
     assert lines[0].startswith("interrupted"), lines
     latency = float(lines[0].split()[1]) - sent
-    assert latency < 1.0, latency
+    assert latency < 1.0 or UNDER_ASAN, latency
     assert lines[1] == "healthy 1.0"
 
 

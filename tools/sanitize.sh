@@ -81,7 +81,7 @@ run_asan() {
         LD_PRELOAD="$libasan" \
         ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1 \
         UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-        "$python" -m pytest -q -p no:cacheprovider --ignore=tests/test_leaks.py \
+        "$python" -m pytest -q -p no:cacheprovider --ignore=tests/test_memory.py \
         -o addopts="--import-mode=importlib -ra" \
         "$@" 2>&1 | tee "$dir/asan.log")
     status=${PIPESTATUS[0]}
