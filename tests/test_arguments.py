@@ -338,6 +338,65 @@ for name in ALL4:
         ValueError, r"\bout\b.*overlaps", crash_prone=True)
 
 
+
+class _ArrayInterface:
+    """An object NumPy reads through __array_interface__ (as a foreign array library's)."""
+
+    def __init__(self, array):
+        self.__array_interface__ = array.__array_interface__
+        self._keep = array
+
+
+def _argmax_in_out(kwargs):
+    """roi_pool_backward's `out`, and arg-max indices (valid ones: pixel 0) in its memory."""
+    out = np.zeros((N, C, H, W), np.float32)
+    shape = kwargs["grad_output"].shape
+    aliased = out.reshape(-1)[:int(np.prod(shape))].view(np.int32).reshape(shape)
+    aliased[...] = 0
+    kwargs["argmax"] = aliased
+    return out
+
+
+def _foreign_view_of_out(kwargs, name, wrap):
+    """An `out`, and `input` (or grad_output) as a non-ndarray object sharing its memory."""
+    if name in FORWARD:
+        out = np.zeros(out_shape(name), np.float32)
+        buffer = np.zeros(N * C * H * W, np.float32)
+        kwargs["input"] = wrap(buffer.reshape(N, C, H, W))
+        return buffer[:out.size].reshape(out.shape)
+    buffer = np.zeros(N * C * H * W, np.float32)
+    key = "grad_output" if name == "roi_align_backward" else "input"
+    shape = (N, C, PH, PW) if key == "grad_output" else (N, C, H, W)
+    kwargs[key] = wrap(buffer[:int(np.prod(shape))].reshape(shape))
+    return buffer.reshape(N, C, H, W)
+
+
+for name in ALL4:
+    for what, wrap in [("memoryview", memoryview), ("array-interface", _ArrayInterface)]:
+        add(name, f"out-overlaps-input-{what}",
+            {"out": lambda kw, n=name, w=wrap: _foreign_view_of_out(kw, n, w)},
+            ValueError, r"\bout\b.*overlaps", crash_prone=True)
+add("roi_pool_backward", "out-overlaps-argmax", {"out": _argmax_in_out}, ValueError,
+    r"\bout\b.*overlaps.*argmax", crash_prone=True)
+
+
+# ---- booleans, and values NumPy or float() would reject in their own words --------------------
+for name in ALIGN + ("RoIAlign",):
+    for what, value in [("str", "False"), ("int", 1), ("none", None), ("array", np.array(True))]:
+        add(name, f"aligned-{what}", {"aligned": value}, TypeError, r"aligned")
+    add(name, "mode-array", {"mode": np.array("avg")}, ValueError, r"mode")
+add("roi_pool", "return_argmax-str", {"return_argmax": "no"}, TypeError, r"return_argmax")
+add("roi_pool", "return_argmax-int", {"return_argmax": 1}, TypeError, r"return_argmax")
+for name in ALL4 + CLASSES:
+    add(name, "spatial_scale-beyond-float", {"spatial_scale": 10**400}, ValueError,
+        r"spatial_scale")
+    add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
+for name in ALL4:
+    add(name, "boxes-ragged-list-item",
+        {"boxes": [np.zeros((1, 4)), [[1, 2, 3], [1, 2, 3, 4]]]}, ValueError, r"boxes\[1\]")
+    add(name, "boxes-ragged", {"boxes": [[0, 1, 1, 3, 3], [1, 2, 2]]}, ValueError, r"boxes")
+
+
 for name in FORWARD:
     add(name, "out-overlaps-boxes", {"out": out_overlapping_boxes}, ValueError,
         r"\bout\b.*overlaps", crash_prone=True)
@@ -1076,3 +1135,38 @@ def test_argmax_range_check(values, dtype):
     else:
         with pytest.raises(ValueError, match="outside"):
             _args.check_argmax(indices, indices.shape, 25)
+
+
+def test_unaligned_boxes_and_argmax_are_accepted():
+    """Unaligned C-contiguous boxes and arg-max indices (NumPy's '=f' / '=i' buffers) give
+    the aligned arrays' results."""
+    x = features()
+    rows = boxes(np.float32)
+    unaligned = np.frombuffer(b"\0" + rows.tobytes(), np.float32, offset=1).reshape(rows.shape)
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(roi_align(x, unaligned, PH), roi_align(x, rows, PH))
+    pooled, argmax = roi_pool(x, rows, PH, return_argmax=True)
+    indices = np.frombuffer(b"\0" + argmax.tobytes(), np.int32, offset=1).reshape(argmax.shape)
+    assert not indices.flags.aligned
+    grad = np.ones_like(pooled)
+    np.testing.assert_array_equal(roi_pool_backward(grad, rows, x, PH, argmax=indices),
+                                  roi_pool_backward(grad, rows, x, PH, argmax=argmax))
+
+
+def test_out_mapping_the_same_file_as_the_input_is_refused(tmp_path):
+    """Two np.memmaps of one file are two buffers to NumPy but one memory: refused."""
+    path = tmp_path / "features.bin"
+    x = np.memmap(path, np.float32, "w+", shape=(N, C, H, W))
+    x[:] = features()
+    x.flush()
+    whole = np.memmap(path, np.float32, "r+", shape=out_shape("roi_align"))
+    tail = np.memmap(path, np.float32, "r+", offset=(N * C * H * W - N * C * PH * PW) * 4,
+                     shape=out_shape("roi_align"))
+    for out in (whole, tail):
+        before = np.array(out)
+        with pytest.raises(ValueError, match="out overlaps"):
+            roi_align(x, boxes(), PH, out=out)
+        np.testing.assert_array_equal(out, before)
+    elsewhere = np.memmap(tmp_path / "out.bin", np.float32, "w+", shape=out_shape("roi_align"))
+    np.testing.assert_array_equal(roi_align(x, boxes(), PH, out=elsewhere),
+                                  roi_align(np.array(x), boxes(), PH))

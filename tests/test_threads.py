@@ -312,3 +312,80 @@ def test_backward_from_argmax_threads_bit_identical(layout):
         got = roi_pool_backward(grad_output, boxes, features, 5, layout=layout,
                                 num_threads=n_threads, argmax=argmax)
         np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("allowed", [False, True])
+def test_forked_child_runs_serially_unless_allowed(allowed, monkeypatch):
+    """A child forked after any library's OpenMP team (here: none of ours needed) runs on one
+    thread under GNU libgomp, unless ROIALIGN_CY_THREADS_AFTER_FORK=1 allows a team."""
+    from roialign_cy import _plan, _runtime
+
+    monkeypatch.setenv("ROIALIGN_CY_THREADS_AFTER_FORK", "1" if allowed else "")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its team size for a big call, then leave at once
+        try:
+            os.write(write, str(_plan.team_size(4, 1 << 24)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_team = int(pipe.read())
+    os.waitpid(pid, 0)
+    parent_team = _plan.team_size(4, 1 << 24)
+    if _runtime.GNU_OPENMP and not allowed:
+        assert child_team == 1
+    else:
+        assert child_team == parent_team
+    assert parent_team == min(4, _plan.USABLE_CPUS) if _runtime.OPENMP_ENABLED else 1
+
+
+def test_team_is_capped_at_the_usable_cpus():
+    from roialign_cy import _plan, _runtime
+
+    if not _runtime.OPENMP_ENABLED:
+        pytest.skip("serial build")
+    assert _plan.team_size(1000, 1 << 30) == _plan.USABLE_CPUS
+    assert _plan.team_size(None, 1 << 30) <= _plan.USABLE_CPUS
+
+
+def test_caller_rewriting_its_arrays_during_calls_cannot_crash():
+    """Another Python thread rewrites the arg-max indices (to out-of-range values) and
+    reshapes the features while calls run: every call either completes or raises a clean
+    exception; nothing is written outside the output (the kernels read private views and
+    check each index where they use it)."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 8, 30, 30)).astype(np.float32)
+    boxes = random_boxes(rng, 2, 30, 30, 1.0, n_boxes=200)
+    pooled, argmax = roi_pool(x, boxes, 7, return_argmax=True)
+    grad = np.ones_like(pooled)
+    stop = threading.Event()
+
+    def vandal():
+        flat_x = x.reshape(-1)
+        while not stop.is_set():
+            argmax[...] = 2**30           # far outside every channel plane
+            argmax[...] = -2**30
+            try:
+                x.shape = (2, 8, 900)     # NumPy refuses while views exist, or applies it
+                x.shape = (2, 8, 30, 30)
+            except (AttributeError, ValueError):
+                pass
+            flat_x[::97] = np.nan
+
+    worker = threading.Thread(target=vandal)
+    worker.start()
+    try:
+        for _ in range(200):
+            for call in (lambda: roi_pool_backward(grad, boxes, x, 7, argmax=argmax),
+                         lambda: roi_align(x, boxes, 7, num_threads=2)):
+                try:
+                    call()
+                except ValueError:
+                    pass  # validation saw the vandal's values: a clean refusal
+    finally:
+        stop.set()
+        worker.join()
