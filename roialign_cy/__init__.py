@@ -12,8 +12,7 @@ except ImportError as error:  # pragma: no cover - depends on how the package wa
 from roialign_cy._config import show_config
 from roialign_cy._roi_align import RoIAlign, roi_align, roi_align_backward
 from roialign_cy._roi_pool import RoIPool, roi_pool, roi_pool_backward
-
-__version__ = "0.1.0"
+from roialign_cy._version import __version__
 
 __all__ = [
     "RoIAlign",

@@ -1,6 +1,7 @@
 """How this build of roialign_cy was compiled and how many threads it will use."""
 
 from roialign_cy import _dispatch, _runtime
+from roialign_cy._version import __version__
 
 
 def show_config(print_out=True):
@@ -26,8 +27,6 @@ def show_config(print_out=True):
     >>> sorted(roialign_cy.show_config(print_out=False))
     ['max_threads', 'openmp', 'simd', 'version']
     """
-    from roialign_cy import __version__
-
     config = {
         "version": __version__,
         "openmp": bool(_runtime.OPENMP_ENABLED),

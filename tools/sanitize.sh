@@ -9,7 +9,7 @@
 #   tools/sanitize.sh all        both (the default)
 #
 # Extra arguments after the subcommand go to pytest (asan) or are ignored (valgrind), e.g.
-#   tools/sanitize.sh asan tests/test_bad_inputs.py -x
+#   tools/sanitize.sh asan tests/test_arguments.py -x
 # Needs gcc (or CC) with libasan/libubsan, valgrind for the second run, and the test
 # requirements (pytest, hypothesis) in the current Python. Each stage prints its wall time.
 set -euo pipefail
