@@ -75,7 +75,8 @@ def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=Non
     plan's choice and the build picked at import."""
     if not (return_argmax is True or return_argmax is False):
         return_argmax = _args.check_bool(return_argmax, "return_argmax")
-    if return_argmax and type(input) is np.ndarray and input.ndim in (3, 4) and type(layout) is str:
+    if (return_argmax and type(input) is np.ndarray and input.ndim in (3, 4)
+            and type(layout) is str):
         # Before forward_call may copy the features: a map int32 indices cannot address is
         # refused without converting gigabytes first.
         h, w = input.shape[-3:-1] if layout == "NHWC" else input.shape[-2:]
