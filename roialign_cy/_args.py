@@ -50,15 +50,6 @@ def check_mode(mode):
     return mode
 
 
-def max_mode(mode):
-    """Whether mode is "max" (True) or "avg" (False); ValueError for anything else."""
-    if type(mode) is str:
-        is_max = MAX_MODE.get(mode)
-        if is_max is not None:
-            return is_max
-    return check_mode(mode) == "max"
-
-
 def check_bool(value, name):
     """Return value as a bool: only bool and numpy.bool_ are accepted ('False' is truthy)."""
     if value is True or value is False:
@@ -462,11 +453,6 @@ class BackwardCall(NamedTuple):
     result_dtype: np.dtype
 
 
-def _fresh(shape, dtype, zeroed):
-    """A new result array (allocate's path without `out`), MemoryError when too large."""
-    return allocate(None, shape, dtype, zeroed)
-
-
 def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     """Check a forward call (roi_align, roi_pool) into a ForwardCall.
 
@@ -500,7 +486,7 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     if out is None and n_rois * channels * ph * pw * dtype.itemsize <= sys.maxsize:
         result, out_view = np.empty(shape, dtype), None
     elif out is None:
-        result, out_view = _fresh(shape, dtype, False), None
+        result, out_view = allocate(None, shape, dtype), None  # MemoryError
     else:
         out_view = check_out(out, shape, result_dtype, (("input", input), ("boxes", boxes)))
         result = allocate(out_view, shape, dtype)
@@ -548,7 +534,7 @@ def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, l
     if out is None and math.prod(map_shape) * dtype.itemsize <= sys.maxsize:
         result, out_view = np.zeros(user_shape, dtype), None
     elif out is None:
-        result, out_view = _fresh(user_shape, dtype, True), None
+        result, out_view = allocate(None, user_shape, dtype, zeroed=True), None  # MemoryError
     else:
         out_view = check_out(out, user_shape, result_dtype,
                              (("grad_output", grad_output), ("boxes", boxes), ("input", input),

@@ -86,17 +86,16 @@ def team_size(num_threads, work):
     return max(1, min(requested, USABLE_CPUS, work // SERIAL_WORK))
 
 
-def use_packed(map_shape, channels_last, n_rois, pooled, itemsize):
+def use_packed(map_shape, n_rois, pooled, itemsize):
     """Whether a call should gather through packed channel blocks or walk each RoI's planes.
 
     Channels-last features are read in place: their channels are already contiguous, and
     packing them measured slower. Channels-first features pay one packing pass over every
     image; walking a RoI's channel planes misses the cache on every plane instead. Packing
     measured faster from about one RoI per 32 map pixels per bin (box_head: K >= ~80).
+    plan() has already ruled out channels-last maps and fewer than 4 RoIs per image.
     """
     n_images = map_shape[0]
-    if channels_last or n_rois < 4 * n_images:
-        return False
     height, width = map_shape[2], map_shape[3]
     if height * width * BLOCK_QUANTUM * itemsize > MAX_PACKED_BYTES:
         return False
@@ -145,10 +144,9 @@ def plan(call, num_threads, variant, grouped, packable=True, n_buffers=1):
     else:
         n_threads = team_size(num_threads, work)
     n_images = map_shape[0]
-    if variant is None:  # use_packed's first test is the fast route
+    if variant is None:  # the cheap tests first: most small calls stop there
         packed = (packable and not channels_last and len(call.coords) >= 4 * n_images
-                  and use_packed(map_shape, channels_last, len(call.coords), call.pooled,
-                                 itemsize))
+                  and use_packed(map_shape, len(call.coords), call.pooled, itemsize))
     elif variant in VARIANTS:
         packed = packable and variant == "packed"
     else:

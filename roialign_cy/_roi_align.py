@@ -21,7 +21,7 @@ def _parameters(mode, sampling_ratio, aligned):
     """(max_mode, sampling_ratio, aligned), checked: RoIAlign's own arguments."""
     max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
     if max_mode is None:
-        max_mode = _args.max_mode(mode)
+        max_mode = _args.check_mode(mode) == "max"  # raises: mode is neither
     if not (type(sampling_ratio) is int and abs(sampling_ratio) < 2**31):
         sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
     if not (aligned is True or aligned is False):

@@ -73,3 +73,19 @@ def align_nchw(features_nchw, boxes, output_size, *args, layout="NCHW", variant=
         np.testing.assert_array_equal(spare, result)
         np.testing.assert_array_equal(repeated[:len(boxes)], result)
     return result
+
+
+def assert_max_adjoint(forward, features, grad_output, grad_input, rng):
+    """A max-pooling backward is the adjoint of its forward at these features (where the
+    forward is linear: the arg-maxima are fixed), and not at other features.
+
+    forward(x) is the pooled result for x; grad_input the backward of grad_output at
+    `features`.
+    """
+    pooled = forward(features)
+    magnitude = np.vdot(np.abs(pooled), np.abs(grad_output))
+    assert magnitude > 10.0
+    assert abs(np.vdot(pooled, grad_output) - np.vdot(features, grad_input)) <= 1e-13 * magnitude
+    other = rng.standard_normal(features.shape)
+    gap = np.vdot(forward(other), grad_output) - np.vdot(other, grad_input)
+    assert abs(gap) > 1e-3 * magnitude
