@@ -1,10 +1,15 @@
 """Build the compiled kernels of roialign_cy.
 
 Metadata lives in pyproject.toml; this file only builds the extension:
-- probes OpenMP with the compiler that really builds it, and falls back to a serial build
-  with a loud warning when the probe fails;
-- holds the Cython directives in one place. ``ROIALIGN_CY_DEBUG=1`` turns bounds checks on
-  and optimisation off, for sanitizer and debugging builds;
+- checks first that a C compiler works, and stops with one sentence saying which one is
+  needed when it does not;
+- probes OpenMP with the compiler that really builds it, honouring ``CC``, ``CFLAGS`` and
+  ``LDFLAGS`` (the probe links with them too), and on macOS also with Homebrew's libomp
+  (``brew --prefix libomp``); when no OpenMP works it builds serially and says so (and the
+  package warns at import on a multi-core machine, see roialign_cy/_config.py);
+- holds the Cython directives in one place. The default build carries no debug info;
+  ``ROIALIGN_CY_DEBUG=1`` turns bounds checks and symbols on and optimisation off, for
+  sanitizer and debugging builds;
 - ``ROIALIGN_CY_NO_OPENMP=1`` forces the serial build (used to test the fallback);
 - lists the compiled modules in one place: every operator's ``roialign_cy/_<op>_kernels.pyx``
   (found by name, so a new operator needs no edit here) plus the shared ``_boxes`` and
@@ -13,18 +18,24 @@ Metadata lives in pyproject.toml; this file only builds the extension:
   generated here, never committed; chosen at import on CPUs that have it, see
   roialign_cy/_dispatch.py) when the compiler accepts ``-mavx2``. ``ROIALIGN_CY_NO_AVX2=1``
   skips them.
+
+The helpers are importable (``setup()`` runs only as a script, which is how pip, build and
+``python setup.py`` run it), so tests/test_build.py can probe them directly.
 """
 
 import glob
 import os
 import platform
+import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
 
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import PlatformError
 
 DEBUG = os.environ.get("ROIALIGN_CY_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("ROIALIGN_CY_NO_OPENMP", "") not in ("", "0")
@@ -34,13 +45,18 @@ NO_AVX2 = os.environ.get("ROIALIGN_CY_NO_AVX2", "") not in ("", "0")
 AVX2_FLAGS = ["-mavx2", "-mno-fma", "-ffp-contract=off"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Every operator's kernels, by file name; each gets an AVX2 twin (see avx2_twin).
-KERNEL_SOURCES = sorted(glob.glob("roialign_cy/_*_kernels.pyx"))
-SHARED_SOURCES = ["roialign_cy/_boxes.pyx", "roialign_cy/_runtime.pyx"]
+KERNEL_SOURCES = sorted(glob.glob(os.path.join("roialign_cy", "_*_kernels.pyx")))
+SHARED_SOURCES = [os.path.join("roialign_cy", "_boxes.pyx"),
+                  os.path.join("roialign_cy", "_runtime.pyx")]
 AVX2_SUFFIX = "_avx2"
 
+C_PROBE = "int main(void) { return 0; }\n"
 OPENMP_PROBE = textwrap.dedent(
     """
     #include <omp.h>
+    #ifndef _OPENMP
+    #error "the OpenMP pragmas are not enabled"
+    #endif
     int main(void) {
         int n = 0;
         #pragma omp parallel reduction(+:n)
@@ -49,11 +65,35 @@ OPENMP_PROBE = textwrap.dedent(
     }
     """
 )
+NEED_A_COMPILER = (
+    "roialign_cy is built from source here, and that needs a working C compiler, but {cc} "
+    "could not compile a one-line C program: install gcc or clang (Debian/Ubuntu: "
+    "`apt install build-essential`, Fedora/RHEL: `dnf install gcc`), the Xcode Command Line "
+    "Tools on macOS (`xcode-select --install`) or the Microsoft C++ Build Tools on Windows, "
+    "or set CC to a compiler that works."
+)
+SERIAL_BANNER = (
+    "roialign_cy: building a SERIAL extension: {cc} cannot build an OpenMP program (tried: "
+    "{tried}). Results are identical, but every call uses one thread, and importing the "
+    "package on a multi-core machine warns. For the threaded build: on macOS `brew install "
+    "libomp`; on Linux gcc, or clang with libomp (`apt install libomp-dev`); or point CFLAGS "
+    "and LDFLAGS at your OpenMP runtime."
+)
+
+
+def env_flags(name):
+    """The flags in environment variable `name` (CFLAGS, LDFLAGS), split as a shell would."""
+    return shlex.split(os.environ.get(name, ""))
 
 
 def builds(compiler, source_text, compile_args, link_args=None):
     """Whether this compiler compiles source_text with compile_args (and, given link_args,
-    links it into a program)."""
+    links it into a program).
+
+    The compile step already sees CC and CFLAGS (setuptools puts them in the compiler's
+    command); the link step of a program does not see LDFLAGS (setuptools adds them to
+    shared-library links only), so they are passed here, as the real build's link has them.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         source = os.path.join(tmp, "probe.c")
         with open(source, "w") as f:
@@ -61,12 +101,19 @@ def builds(compiler, source_text, compile_args, link_args=None):
         try:
             objects = compiler.compile([source], output_dir=tmp, extra_postargs=compile_args)
             if link_args is not None:
-                compiler.link_executable(
-                    objects, os.path.join(tmp, "probe"), extra_postargs=link_args
-                )
+                compiler.link_executable(objects, os.path.join(tmp, "probe"),
+                                         extra_postargs=link_args + env_flags("LDFLAGS"))
         except Exception:  # any compile or link failure means: not with these flags
             return False
     return True
+
+
+def compiler_name(compiler):
+    """The compiler's command as the user would recognise it (CC, or cl.exe for MSVC)."""
+    command = getattr(compiler, "compiler_so", None) or getattr(compiler, "cc", None)
+    if isinstance(command, (list, tuple)):
+        command = command[0] if command else None
+    return f"`{command}`" if command else f"the {compiler.compiler_type} compiler"
 
 
 def avx2_wanted(compiler):
@@ -78,22 +125,61 @@ def avx2_wanted(compiler):
     return builds(compiler, "int main(void) { return 0; }\n", AVX2_FLAGS)
 
 
-def openmp_flags(compiler):
-    """Return (compile_args, link_args) enabling OpenMP for this compiler, or None."""
+def homebrew_libomp(platform=sys.platform):
+    """Homebrew's libomp prefix on macOS (keg-only: not on any default search path), or None."""
+    brew = shutil.which("brew") if platform == "darwin" else None
+    if brew is None:
+        return None
+    try:
+        found = subprocess.run([brew, "--prefix", "libomp"], capture_output=True, text=True,
+                               timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    prefix = found.stdout.strip()
+    if found.returncode != 0 or not os.path.isfile(os.path.join(prefix, "include", "omp.h")):
+        return None
+    return prefix
+
+
+def openmp_candidates(compiler, platform=sys.platform):
+    """The (compile_args, link_args) pairs to try, in order, for this compiler."""
     if compiler.compiler_type == "msvc":
-        candidates = [(["/openmp"], [])]
-    elif sys.platform == "darwin":
-        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"]), (["-fopenmp"], ["-fopenmp"])]
-    else:
-        candidates = [(["-fopenmp"], ["-fopenmp"])]
-    for compile_args, link_args in candidates:
+        return [(["/openmp"], [])]
+    if platform != "darwin":
+        return [(["-fopenmp"], ["-fopenmp"])]
+    # Apple clang has OpenMP in its front end but ships neither omp.h nor libomp.
+    apple = (["-Xpreprocessor", "-fopenmp"], ["-lomp"])
+    candidates = [apple]  # with libomp where CFLAGS/LDFLAGS (or the compiler) say
+    prefix = homebrew_libomp(platform)
+    if prefix is not None:
+        include, lib = os.path.join(prefix, "include"), os.path.join(prefix, "lib")
+        candidates.append((apple[0] + [f"-I{include}"], [f"-L{lib}"] + apple[1]))
+    candidates.append((["-fopenmp"], ["-fopenmp"]))  # GCC, or LLVM's own clang
+    return candidates
+
+
+def openmp_flags(compiler, platform=sys.platform):
+    """Return (compile_args, link_args) enabling OpenMP for this compiler, or None."""
+    for compile_args, link_args in openmp_candidates(compiler, platform):
         if builds(compiler, OPENMP_PROBE, compile_args, link_args):
             return compile_args, link_args
     return None
 
 
+DIRECTIVES = {
+    "language_level": 3,
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+    "autotestdict": False,  # no __test__ dict: the stubs list every public name
+}
+
+
 class BuildWithOpenMP(build_ext):
-    """build_ext that adds OpenMP flags, and builds the AVX2 twins, where the real compiler can."""
+    """build_ext that checks the compiler, adds OpenMP flags and builds the AVX2 twins where
+    the real compiler can, and only then runs Cython (so its messages come after ours)."""
 
     def run(self):
         super().run()
@@ -108,14 +194,18 @@ class BuildWithOpenMP(build_ext):
                             f"from {baseline} import *  # noqa: F403\n")
 
     def build_extensions(self):
-        flags = None if NO_OPENMP else openmp_flags(self.compiler)
-        if flags is None:
-            self.warn(
-                "\n" + "*" * 78 + "\n"
-                "roialign_cy: OpenMP is NOT available with this compiler; building a SERIAL\n"
-                "extension. Results are identical, but every call uses one thread.\n"
-                "roialign_cy.show_config() will report openmp: False.\n" + "*" * 78
-            )
+        if not builds(self.compiler, C_PROBE, []):
+            raise PlatformError(NEED_A_COMPILER.format(cc=compiler_name(self.compiler)))
+        if NO_OPENMP:
+            flags = None
+            print("roialign_cy: building a SERIAL extension, as ROIALIGN_CY_NO_OPENMP asks")
+        else:
+            flags = openmp_flags(self.compiler)
+            if flags is None:
+                tried = "; ".join(" ".join(c + l) for c, l in openmp_candidates(self.compiler))
+                self.warn(SERIAL_BANNER.format(cc=compiler_name(self.compiler), tried=tried))
+            else:
+                print(f"roialign_cy: OpenMP with {' '.join(flags[0] + flags[1])}")
         if not avx2_wanted(self.compiler):
             self.extensions = [ext for ext in self.extensions
                                if not ext.name.endswith(AVX2_SUFFIX)]
@@ -129,28 +219,26 @@ class BuildWithOpenMP(build_ext):
             else:
                 # -O3 for auto-vectorised channel loops; no -ffast-math (it breaks NaN
                 # handling and exactness) and no -march (the wheel must stay portable).
-                ext.extra_compile_args += ["-O3"]
+                # -g0 overrides the -g in Python's own CFLAGS: symbols would quadruple
+                # the wheel.
+                ext.extra_compile_args += ["-O3", "-g0"]
             if flags is not None:
                 ext.extra_compile_args += flags[0]
                 ext.extra_link_args += flags[1]
+        from Cython.Build import cythonize  # a build requirement, needed from here on only
+
+        # cythonize returns new Extension objects; build_ext keeps state on its own.
+        generated = cythonize(self.extensions, compiler_directives=DIRECTIVES,
+                              include_path=[HERE])
+        sources = {ext.name: ext.sources for ext in generated}
+        for ext in self.extensions:
+            ext.sources = sources[ext.name]
         super().build_extensions()
-
-
-DIRECTIVES = {
-    "language_level": 3,
-    "boundscheck": DEBUG,
-    "wraparound": False,
-    "initializedcheck": DEBUG,
-    "cdivision": True,
-    "embedsignature": True,
-    "autotestdict": False,  # no __test__ dict: the stubs list every public name
-}
-
 
 
 def module_name(source):
     """roialign_cy/_x.pyx -> roialign_cy._x"""
-    return os.path.splitext(source)[0].replace("/", ".")
+    return os.path.splitext(source)[0].replace(os.sep, ".").replace("/", ".")
 
 
 def avx2_twin(source):
@@ -162,7 +250,8 @@ def avx2_twin(source):
     name = os.path.splitext(os.path.basename(source))[0] + AVX2_SUFFIX
     path = os.path.join("build", "avx2", "roialign_cy", name + ".pyx")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    text = f"# The AVX2 build of {source} (generated by setup.py).\ninclude \"{os.path.join(HERE, source)}\"\n"
+    included = os.path.join(HERE, source).replace(os.sep, "/")  # Cython reads \\ as escapes
+    text = f"# The AVX2 build of {source} (generated by setup.py).\ninclude \"{included}\"\n"
     if not os.path.exists(path) or open(path).read() != text:
         with open(path, "w") as f:
             f.write(text)
@@ -174,10 +263,12 @@ def extension(name, source):
     return Extension(name, [source], include_dirs=[os.path.join(HERE, "roialign_cy")])
 
 
-extensions = [extension(module_name(src), src) for src in KERNEL_SOURCES + SHARED_SOURCES]
-extensions += [extension(module_name(src) + AVX2_SUFFIX, avx2_twin(src)) for src in KERNEL_SOURCES]
+def extensions():
+    """The baseline modules, then the AVX2 twins of the kernel modules."""
+    modules = [extension(module_name(src), src) for src in KERNEL_SOURCES + SHARED_SOURCES]
+    twins = [extension(module_name(src) + AVX2_SUFFIX, avx2_twin(src)) for src in KERNEL_SOURCES]
+    return modules + twins
 
-setup(
-    ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES, include_path=[HERE]),
-    cmdclass={"build_ext": BuildWithOpenMP},
-)
+
+if __name__ == "__main__":
+    setup(ext_modules=extensions(), cmdclass={"build_ext": BuildWithOpenMP})

@@ -1,18 +1,23 @@
 """roialign_cy: exact, multithreaded RoIAlign for NumPy arrays (torchvision semantics)."""
 
+from roialign_cy import _distributor_init  # noqa: F401  (first: the Windows wheels' DLL loader)
+
 try:
     from roialign_cy import _runtime  # noqa: F401  (compiled: fails in an unbuilt source tree)
-except ImportError as error:  # pragma: no cover - depends on how the package was installed
+except ImportError as _error:  # pragma: no cover - depends on how the package was installed
     raise ImportError(
         "roialign_cy's compiled extensions cannot be imported. If you are in the source folder, "
         "either install with `python -m pip install -e .` (builds them in place) or run from "
-        f"another directory so that the installed package is imported. ({error})"
-    ) from error
+        f"another directory so that the installed package is imported. ({_error})"
+    ) from _error
 
+from roialign_cy import _config, _plan
 from roialign_cy._config import show_config
 from roialign_cy._roi_align import RoIAlign, roi_align, roi_align_backward
 from roialign_cy._roi_pool import RoIPool, roi_pool, roi_pool_backward
 from roialign_cy._version import __version__
+
+_config.warn_if_serial(bool(_runtime.OPENMP_ENABLED), _plan.USABLE_CPUS)
 
 __all__ = [
     "RoIAlign",

@@ -10,7 +10,7 @@ NOTEBOOK_ROW = [[57.96875, 58.59375], [58.90625, 59.53125], [59.84375, 60.46875]
                 [60.78125, 61.40625]]
 
 
-def main():
+def main() -> None:
     """Print the build configuration and the seed example, right beside wrong."""
     config = roialign_cy.show_config(print_out=False)
     threads = f"{config['max_threads']} thread(s)" if config["openmp"] else "serial build"

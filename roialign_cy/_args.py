@@ -10,20 +10,34 @@ what the kernel sees. The kernels trust these forms completely: C-contiguous in 
 native byte order, float32 or float64, boxes in the features' dtype, batch indices in [0, N).
 """
 
+from __future__ import annotations
+
 import math
 import mmap
 import numbers
 import operator
 import os
 import sys
-from typing import NamedTuple, Optional, Tuple
+from typing import (Any, Callable, List, Literal, NamedTuple, NoReturn, Optional, SupportsIndex,
+                    Tuple, Union)
 
 import numpy as np
+import numpy.typing as npt
 
 from roialign_cy import _boxes
 
-LAYOUTS = ("NCHW", "NHWC")
-MODES = ("avg", "max")
+# What the public signatures accept (each checker takes any object and refuses the rest).
+# Quoted where NumPy < 1.22 cannot subscript the class at run time. Unions of one-value
+# Literals, not Literal["NCHW", "NHWC"]: mypy.stubtest reads that as a Union, which at run
+# time it is not.
+Layout = Union[Literal["NCHW"], Literal["NHWC"]]
+Mode = Union[Literal["avg"], Literal["max"]]
+Bool = Union[bool, np.bool_]
+Real = Union[float, "np.floating[Any]", "np.integer[Any]"]
+OutputSize = Union[SupportsIndex, Tuple[SupportsIndex, SupportsIndex], List[SupportsIndex]]
+
+LAYOUTS: Tuple[Layout, ...] = ("NCHW", "NHWC")
+MODES: Tuple[Mode, ...] = ("avg", "max")
 _CHANNELS_LAST = {"NCHW": False, "NHWC": True}
 MAX_MODE = {"avg": False, "max": True}  # mode -> max_mode
 _new = tuple.__new__  # builds a record without a Python-level __new__ call
@@ -32,25 +46,36 @@ _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
 _INT32 = np.dtype(np.int32)
 # spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
-_FLOAT32_SCALE_LOW = float(np.finfo(np.float32).smallest_subnormal) / 2
-_FLOAT32_SCALE_HIGH = float(np.finfo(np.float32).max)
 
 
-def check_layout(layout):
+def _scale_bounds(dtype: np.dtype[Any]) -> Tuple[float, float]:
+    """(low, high): half the smallest subnormal and the largest finite value of dtype.
+
+    nextafter(0, 1) rather than finfo.smallest_subnormal, which needs NumPy 1.22.
+    """
+    tiny = np.nextafter(dtype.type(0), dtype.type(1))
+    return float(tiny) / 2, float(np.finfo(dtype).max)
+
+
+_FLOAT32_SCALE_LOW, _FLOAT32_SCALE_HIGH = _scale_bounds(_FLOAT32)
+
+
+def check_layout(layout: Any) -> Layout:
     """Return layout if it is "NCHW" or "NHWC"."""
     if type(layout) is not str or layout not in LAYOUTS:
         raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    return layout
+    # mypy 2 narrows a str by `in` to the Literal; mypy 1 (Python 3.9's) does not
+    return layout  # type: ignore[return-value, unused-ignore]
 
 
-def check_mode(mode):
+def check_mode(mode: Any) -> Mode:
     """Return mode if it is "avg" or "max"."""
     if type(mode) is not str or mode not in MODES:
         raise ValueError(f"mode must be 'avg' or 'max', got {mode!r}")
-    return mode
+    return mode  # type: ignore[return-value, unused-ignore]
 
 
-def check_bool(value, name):
+def check_bool(value: Any, name: str) -> bool:
     """Return value as a bool: only bool and numpy.bool_ are accepted ('False' is truthy)."""
     if value is True or value is False:
         return value
@@ -59,7 +84,7 @@ def check_bool(value, name):
     raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
 
 
-def check_int(value, name, minimum=None):
+def check_int(value: Any, name: str, minimum: Optional[int] = None) -> int:
     """Return value as a Python int (bools and floats refused), at least `minimum`."""
     if type(value) is int and (minimum is None or value >= minimum) and abs(value) <= _INT32_MAX:
         return value  # the common case, fast
@@ -76,7 +101,7 @@ def check_int(value, name, minimum=None):
     return result
 
 
-def check_output_size(output_size):
+def check_output_size(output_size: Any) -> Tuple[int, int]:
     """Return (PH, PW) from an int or a pair of ints, each >= 1."""
     if type(output_size) is int and 0 < output_size <= _INT32_MAX:  # the common cases, fast
         return output_size, output_size
@@ -90,25 +115,25 @@ def check_output_size(output_size):
             raise ValueError(
                 f"output_size must be an int or a pair (PH, PW), got {len(output_size)} values"
             )
-        return tuple(check_int(v, "output_size", minimum=1) for v in output_size)
+        height, width = (check_int(v, "output_size", minimum=1) for v in output_size)
+        return height, width
     size = check_int(output_size, "output_size", minimum=1)
     return size, size
 
 
-def check_scale_fits(scale, dtype):
+def check_scale_fits(scale: float, dtype: np.dtype[Any]) -> float:
     """Return scale if it stays finite and > 0 in the compute dtype (float32 can lose it)."""
     if dtype.itemsize < 8:
         if dtype is _FLOAT32:  # the common case: bounds computed once
             low, high = _FLOAT32_SCALE_LOW, _FLOAT32_SCALE_HIGH
         else:
-            info = np.finfo(dtype)
-            low, high = float(info.smallest_subnormal) / 2, float(info.max)
+            low, high = _scale_bounds(dtype)
         if not (low < scale <= high):
             raise ValueError(f"spatial_scale {scale!r} does not fit in {dtype.name}")
     return scale
 
 
-def check_spatial_scale(spatial_scale):
+def check_spatial_scale(spatial_scale: Any) -> float:
     """Return spatial_scale as a float, finite and > 0."""
     if type(spatial_scale) is float and 0 < spatial_scale < math.inf:  # the common case, fast
         return spatial_scale
@@ -124,7 +149,7 @@ def check_spatial_scale(spatial_scale):
     return scale
 
 
-def compute_dtype(dtype, name):
+def compute_dtype(dtype: np.dtype[Any], name: str) -> np.dtype[Any]:
     """The dtype a float array of this dtype is computed in (float16 runs in float32)."""
     if dtype is _FLOAT32 or dtype is _FLOAT64:  # the common case, fast
         return dtype
@@ -133,7 +158,8 @@ def compute_dtype(dtype, name):
     return np.dtype(np.float32) if dtype.itemsize == 2 else np.dtype(dtype.type)
 
 
-def check_features(array, layout, name="input", canonical=True):
+def check_features(array: Any, layout: str, name: str = "input",
+                   canonical: bool = True) -> Tuple[npt.NDArray[Any], bool, np.dtype[Any]]:
     """Return (features as canonical 4-D, was_3d, result dtype) for a 3-D or 4-D float map.
 
     The array is copied only when it is not already C-contiguous, native-endian float32/64,
@@ -156,8 +182,8 @@ def check_features(array, layout, name="input", canonical=True):
         result_dtype = dtype.newbyteorder("=")
         dtype = compute_dtype(dtype, name)
     if features.ndim not in (3, 4):
-        shape = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
-        raise ValueError(f"{name} must be 4-D {shape} or 3-D (one image), got shape {features.shape}")
+        axes = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+        raise ValueError(f"{name} must be 4-D {axes} or 3-D (one image), got shape {features.shape}")
     was_3d = features.ndim == 3
     if was_3d:
         features = features[np.newaxis]
@@ -169,7 +195,7 @@ def check_features(array, layout, name="input", canonical=True):
     return (features.view() if features is array else features), was_3d, result_dtype
 
 
-def _as_real_array(value, name):
+def _as_real_array(value: Any, name: str) -> npt.NDArray[np.float64]:
     """value as a C-contiguous, aligned float64 array, refusing complex, bool, non-numeric
     and ragged input."""
     try:
@@ -178,11 +204,16 @@ def _as_real_array(value, name):
         raise ValueError(f"{name} must be a rectangular array of numbers, got a ragged "
                          f"sequence") from None
     if array.dtype.kind not in "iuf":
+        if array.dtype.kind == "O" and not isinstance(value, np.ndarray):
+            # NumPy < 1.24 makes a ragged nested list an object array (with a warning)
+            raise ValueError(f"{name} must be a rectangular array of numbers, got a ragged "
+                             f"sequence")
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     return np.require(array, np.float64, ["C_CONTIGUOUS", "ALIGNED"])
 
 
-def _refuse_row(rows, row, problem, n_images, dtype, name):
+def _refuse_row(rows: npt.NDArray[Any], row: int, problem: int, n_images: int,
+                dtype: np.dtype[Any], name: str) -> NoReturn:
     """Raise the ValueError naming bad box row `row` and what _boxes.split_rows found."""
     values = rows[row].tolist()
     if problem == _boxes.TOO_LARGE:
@@ -199,7 +230,8 @@ def _refuse_row(rows, row, problem, n_images, dtype, name):
     raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {values}")
 
 
-def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
+def check_boxes(boxes: Any, n_images: int, was_3d: bool, dtype: np.dtype[Any],
+                name: str = "boxes") -> Tuple[npt.NDArray[np.intp], npt.NDArray[Any]]:
     """Return (batch_index intp (K,), coords dtype (K, 4) C-contiguous) from any box format.
 
     Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
@@ -238,7 +270,8 @@ def check_boxes(boxes, n_images, was_3d, dtype, name="boxes"):
     return batch_index, coords
 
 
-def check_out(out, shape, dtype, inputs):
+def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
+              inputs: Tuple[Tuple[str, Any], ...]) -> Optional[npt.NDArray[Any]]:
     """Return a private view of a user-supplied output array, checked; None passes through."""
     if out is None:
         return None
@@ -257,7 +290,11 @@ def check_out(out, shape, dtype, inputs):
     return out.view()
 
 
-def _shares_memory(out, out_span, value):
+# (file identity (st_dev, st_ino), first byte, end byte) of a memory-mapped array.
+_FileSpan = Tuple[Tuple[int, int], int, int]
+
+
+def _shares_memory(out: npt.NDArray[Any], out_span: Optional[_FileSpan], value: Any) -> bool:
     """Whether `value` (an array, anything np.asarray reads in place: memoryviews, objects
     with __array_interface__, torch tensors..., or a list of such) may share memory with
     `out`, also through another mapping of the same file."""
@@ -279,7 +316,7 @@ def _shares_memory(out, out_span, value):
             and out_span[1] < span[2])
 
 
-def _file_span(array):
+def _file_span(array: Any) -> Optional[_FileSpan]:
     """(file identity, first byte, end byte) of the file an np.memmap-backed array maps, or
     None: two memmaps of one file are two buffers to NumPy, but one memory."""
     base = array
@@ -298,10 +335,14 @@ def _file_span(array):
     return (identity.st_dev, identity.st_ino), first, first + (high - low)
 
 
-_byte_bounds = getattr(np, "byte_bounds", None) or np.lib.array_utils.byte_bounds
+# np.byte_bounds before NumPy 2, np.lib.array_utils.byte_bounds since (either one's stubs
+# lack the other).
+_byte_bounds: Callable[[npt.NDArray[Any]], Tuple[int, int]] = (
+    getattr(np, "byte_bounds", None) or getattr(np.lib, "array_utils").byte_bounds)
 
 
-def allocate(out, shape, compute, zeroed=False):
+def allocate(out: Optional[npt.NDArray[Any]], shape: Tuple[int, ...], compute: np.dtype[Any],
+             zeroed: bool = False) -> npt.NDArray[Any]:
     """The array the kernel writes: `out` (a checked private view) itself when it is
     canonical, else a fresh array.
 
@@ -316,7 +357,7 @@ def allocate(out, shape, compute, zeroed=False):
     return np.zeros(shape, dtype=compute) if zeroed else np.empty(shape, dtype=compute)
 
 
-def deliver(call):
+def deliver(call: Call) -> npt.NDArray[Any]:
     """The result of a call (ForwardCall or BackwardCall) once its kernel ran: the caller's
     `out` (written through its private view unless the kernel wrote it in place), else the
     kernel's array in the result dtype."""
@@ -324,11 +365,11 @@ def deliver(call):
     if call.out is None:
         return result if result.dtype == call.result_dtype else result.astype(call.result_dtype)
     if call.out_view is not result:
-        np.copyto(call.out_view, result, casting="unsafe")
+        np.copyto(call.out_view, result, casting="unsafe")  # type: ignore[arg-type]  # set with out
     return call.out
 
 
-def check_input_shape(input_shape, layout):
+def check_input_shape(input_shape: Any, layout: str) -> Tuple[Tuple[int, ...], bool]:
     """Return the features' shape as a 4-D tuple, and whether it was 3-D (one image)."""
     if type(input_shape) is tuple and len(input_shape) == 4:  # the common case, fast
         n, d1, d2, d3 = input_shape
@@ -350,7 +391,8 @@ def check_input_shape(input_shape, layout):
     return shape, was_3d
 
 
-def check_grad_output(grad_output, shape):
+def check_grad_output(grad_output: Any,
+                      shape: Tuple[int, ...]) -> Tuple[npt.NDArray[Any], np.dtype[Any]]:
     """Return (grad_output canonical, result dtype), checking it has the pooled `shape`."""
     if type(grad_output) is np.ndarray:  # the common case: no conversion
         dtype = grad_output.dtype
@@ -366,7 +408,8 @@ def check_grad_output(grad_output, shape):
     return (grad.view() if grad is grad_output else grad), result_dtype
 
 
-def check_matching_input(input, shape, dtype, name="input"):
+def check_matching_input(input: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
+                         name: str = "input") -> npt.NDArray[Any]:
     """Return `input` (needed to find arg-max samples) as canonical `dtype` of `shape`."""
     if input is None:
         raise ValueError(f"{name} is required: max pooling's gradient needs the features")
@@ -381,14 +424,15 @@ def check_matching_input(input, shape, dtype, name="input"):
     return features.view() if features is input else features
 
 
-def check_argmax_fits(n_pixels, name):
+def check_argmax_fits(n_pixels: int, name: str) -> None:
     """Arg-max indices are int32, as torchvision's: refuse a map they cannot index."""
     if n_pixels > _INT32_MAX:
         raise ValueError(f"{name}: arg-max indices are int32 (as torchvision's), so the "
                          f"feature map may have at most {_INT32_MAX} pixels, got {n_pixels}")
 
 
-def check_argmax(argmax, grad_shape, n_pixels):
+def check_argmax(argmax: Any, grad_shape: Tuple[int, ...],
+                 n_pixels: int) -> npt.NDArray[np.int32]:
     """Return roi_pool's arg-max indices as C-contiguous int32 of grad_shape, each checked to
     lie in [-1, n_pixels): the backward writes where they point (and checks each again
     where it uses it, since the caller can still change them)."""
@@ -420,40 +464,44 @@ def check_argmax(argmax, grad_shape, n_pixels):
 class ForwardCall(NamedTuple):
     """One checked forward call (roi_align, roi_pool): private views, shapes read once."""
 
-    values: np.ndarray               # the features, (N, C, H, W) or (N, H, W, C), canonical
+    values: npt.NDArray[Any]         # the features, (N, C, H, W) or (N, H, W, C), canonical
     channels_last: bool
     map_shape: Tuple[int, int, int, int]  # values.shape
-    batch_index: np.ndarray          # (K,) intp, each in [0, N)
-    coords: np.ndarray               # (K, 4) x1, y1, x2, y2 in the features' dtype
+    batch_index: npt.NDArray[np.intp]  # (K,), each in [0, N)
+    coords: npt.NDArray[Any]         # (K, 4) x1, y1, x2, y2 in the features' dtype
     spatial_scale: float
     pooled: Tuple[int, int]          # (PH, PW)
-    kernel_out: np.ndarray           # what the kernel writes, (K, C, PH, PW) or (K, PH, PW, C)
-    result: np.ndarray               # the same array, as delivered
-    out: Optional[np.ndarray]        # the caller's out=, returned as the result ...
-    out_view: Optional[np.ndarray]   # ... and written through this private view of it
-    result_dtype: np.dtype
+    kernel_out: npt.NDArray[Any]     # what the kernel writes, (K, C, PH, PW) or (K, PH, PW, C)
+    result: npt.NDArray[Any]         # the same array, as delivered
+    out: Optional[npt.NDArray[Any]]  # the caller's out=, returned as the result ...
+    out_view: Optional[npt.NDArray[Any]]  # ... and written through this private view of it
+    result_dtype: np.dtype[Any]
 
 
 class BackwardCall(NamedTuple):
     """One checked backward call: private views, shapes read once."""
 
-    values: np.ndarray               # grad_output, (K, C, PH, PW) or (K, PH, PW, C), canonical
+    values: npt.NDArray[Any]         # grad_output, (K, C, PH, PW) or (K, PH, PW, C), canonical
     channels_last: bool
     map_shape: Tuple[int, int, int, int]  # the features' shape, 4-D
-    batch_index: np.ndarray
-    coords: np.ndarray
+    batch_index: npt.NDArray[np.intp]
+    coords: npt.NDArray[Any]
     spatial_scale: float
     pooled: Tuple[int, int]
-    features: Optional[np.ndarray]   # the forward's features (canonical), when the kernel reads them
-    argmax: Optional[np.ndarray]     # roi_pool's arg-max indices (private, int32), or None
-    kernel_out: np.ndarray           # the gradient the kernel accumulates into (zeroed), 4-D
-    result: np.ndarray               # the same memory in input_shape (3-D for one image)
-    out: Optional[np.ndarray]
-    out_view: Optional[np.ndarray]
-    result_dtype: np.dtype
+    features: Optional[npt.NDArray[Any]]  # the forward's features, when the kernel reads them
+    argmax: Optional[npt.NDArray[np.int32]]  # roi_pool's arg-max indices (private), or None
+    kernel_out: npt.NDArray[Any]     # the gradient the kernel accumulates into (zeroed), 4-D
+    result: npt.NDArray[Any]         # the same memory in input_shape (3-D for one image)
+    out: Optional[npt.NDArray[Any]]
+    out_view: Optional[npt.NDArray[Any]]
+    result_dtype: np.dtype[Any]
 
 
-def forward_call(input, boxes, output_size, spatial_scale, layout, out):
+Call = Union[ForwardCall, BackwardCall]
+
+
+def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, layout: Any,
+                 out: Any) -> ForwardCall:
     """Check a forward call (roi_align, roi_pool) into a ForwardCall.
 
     Each argument's usual form takes its checker's fast route inline; any other form goes
@@ -463,7 +511,7 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
     if channels_last is None:
         check_layout(layout)
     dtype = input.dtype if type(input) is np.ndarray and input.ndim == 4 else None
-    flags = input.flags if dtype is not None else None
+    flags: Any = input.flags if dtype is not None else None  # read only when dtype is not None
     if (dtype is _FLOAT32 or dtype is _FLOAT64) and flags.c_contiguous and flags.aligned and (
             input.shape[1] and input.shape[2] if channels_last else input.shape[2] and input.shape[3]):
         features, was_3d, result_dtype = input.view(), False, dtype  # check_features' fast route
@@ -495,8 +543,9 @@ def forward_call(input, boxes, output_size, spatial_scale, layout, out):
                               result_dtype))
 
 
-def backward_call(grad_output, boxes, input_shape, output_size, spatial_scale, layout, input,
-                  needs_input, out, argmax=None):
+def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: Any,
+                  spatial_scale: Any, layout: Any, input: Any, needs_input: bool, out: Any,
+                  argmax: Any = None) -> BackwardCall:
     """Check a backward call into a BackwardCall (see forward_call).
 
     needs_input: the kernel reads the forward's features (`input`), which must then match

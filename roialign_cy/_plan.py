@@ -4,14 +4,17 @@ A plan is made from a call record (_args) and decides nothing about numbers: eve
 and every team size gives the same results, bit for bit.
 """
 
+from __future__ import annotations
+
 import os
 import threading
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from roialign_cy import _boxes, _dispatch, _runtime
-from roialign_cy._args import check_int
+from roialign_cy._args import Call, check_int
 
 # Below this many (RoI x channel x bin) outputs a call runs on one thread: waking a thread
 # team costs more than it saves.
@@ -35,11 +38,11 @@ class Plan(NamedTuple):
     shared: bool                     # a default-sized team, shared with concurrent calls
     packed: bool                     # gather through cache-resident packed channel blocks
     block: int                       # channels per (image, channel block) work item
-    roi_order: Optional[np.ndarray]  # RoIs grouped by image (stable), or None ...
-    image_first: Optional[np.ndarray]  # ... where each image's RoIs start in roi_order
+    roi_order: Optional[npt.NDArray[np.intp]]  # RoIs grouped by image (stable), or None ...
+    image_first: Optional[npt.NDArray[np.intp]]  # ... where each image's RoIs start in roi_order
 
 
-def _usable_cpus():
+def _usable_cpus() -> int:
     """CPUs this process may run on (its affinity mask where the OS has one)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -62,7 +65,7 @@ class _ThreadState:
     forked = False
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     """os.register_at_fork hook: a forked child with GNU libgomp stays serial (see above)."""
     _ThreadState.forked = (_runtime.GNU_OPENMP
                            and os.environ.get(THREADS_AFTER_FORK_ENV, "") in ("", "0"))
@@ -72,7 +75,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def team_size(num_threads, work):
+def team_size(num_threads: Any, work: int) -> int:
     """The thread count for a call of `work` output elements: None means OpenMP's default.
 
     Capped by the work (tiny calls run on one thread) and by the usable CPUs, and 1 in a
@@ -86,7 +89,8 @@ def team_size(num_threads, work):
     return max(1, min(requested, USABLE_CPUS, work // SERIAL_WORK))
 
 
-def use_packed(map_shape, n_rois, pooled, itemsize):
+def use_packed(map_shape: Tuple[int, ...], n_rois: int, pooled: Tuple[int, int],
+               itemsize: int) -> bool:
     """Whether a call should gather through packed channel blocks or walk each RoI's planes.
 
     Channels-last features are read in place: their channels are already contiguous, and
@@ -102,7 +106,8 @@ def use_packed(map_shape, n_rois, pooled, itemsize):
     return n_rois * pooled[0] * pooled[1] * 32 >= n_images * height * width
 
 
-def packed_block(map_shape, channels_last, itemsize, n_threads, n_buffers):
+def packed_block(map_shape: Tuple[int, ...], channels_last: bool, itemsize: int, n_threads: int,
+                 n_buffers: int) -> int:
     """Channels per packed block: as many as fit BLOCK_BYTES (at least BLOCK_QUANTUM), but
     few enough that every thread gets several (image, block) work items.
 
@@ -120,7 +125,7 @@ def packed_block(map_shape, channels_last, itemsize, n_threads, n_buffers):
     return block
 
 
-def channel_share(n_threads, n_images, channels):
+def channel_share(n_threads: int, n_images: int, channels: int) -> int:
     """Channels per work item of a per-RoI kernel split by (image, channel block): one item
     per thread at least, no more (each item walks all its image's RoIs again)."""
     if n_threads == 1 or channels == 0:
@@ -129,7 +134,8 @@ def channel_share(n_threads, n_images, channels):
     return -(-channels // shares)
 
 
-def plan(call, num_threads, variant, grouped, packable=True, n_buffers=1):
+def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,
+         packable: bool = True, n_buffers: int = 1) -> Plan:
     """The Plan of a checked call (_args.ForwardCall or BackwardCall).
 
     variant: None (the heuristic above picks), "per_roi" or "packed" (where the operator has
@@ -172,7 +178,8 @@ class _SharedTeams:
     active = 0  # default-sized multi-threaded calls running right now
 
 
-def run(table, direction, build, call, plan, operator_arguments, what):
+def run(table: _dispatch.KernelTable, direction: str, build: Optional[str], call: Call, plan: Plan,
+        operator_arguments: Tuple[Any, ...], what: str) -> None:
     """Run the operator's `direction` kernel for `build` (None: the default) on the plan's team.
 
     Every kernel takes one argument order: the call's arrays and geometry, then the

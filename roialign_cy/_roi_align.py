@@ -6,8 +6,15 @@ Each public function checks its arguments once into a call record (_args), plans
 forced, for the tests.
 """
 
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Sequence, SupportsIndex, Tuple
+
+import numpy.typing as npt
+
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _roi_align_kernels as _baseline
+from roialign_cy._args import Bool, Layout, Mode, OutputSize, Real
 
 try:
     from roialign_cy import _roi_align_kernels_avx2 as _avx2
@@ -17,7 +24,7 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
 
 
-def _parameters(mode, sampling_ratio, aligned):
+def _parameters(mode: Any, sampling_ratio: Any, aligned: Any) -> Tuple[bool, int, bool]:
     """(max_mode, sampling_ratio, aligned), checked: RoIAlign's own arguments."""
     max_mode = _args.MAX_MODE.get(mode) if type(mode) is str else None
     if max_mode is None:
@@ -29,8 +36,11 @@ def _parameters(mode, sampling_ratio, aligned):
     return max_mode, sampling_ratio, aligned
 
 
-def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-              *, layout="NCHW", mode="avg", out=None, num_threads=None):
+def roi_align(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+              spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1, aligned: Bool = False,
+              *, layout: Layout = "NCHW", mode: Mode = "avg",
+              out: Optional[npt.NDArray[Any]] = None,
+              num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
     """Pool a fixed-size feature map out of every region of interest (RoIAlign).
 
     Same arguments, defaults and numbers as ``torchvision.ops.roi_align`` on the CPU. Each
@@ -102,8 +112,11 @@ def roi_align(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, a
                    out, num_threads)
 
 
-def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False,
-            layout="NCHW", mode="avg", out=None, num_threads=None, variant=None, build=None):
+def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+            spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1, aligned: Bool = False,
+            layout: Layout = "NCHW", mode: Mode = "avg", out: Optional[npt.NDArray[Any]] = None,
+            num_threads: Optional[SupportsIndex] = None, variant: Optional[str] = None,
+            build: Optional[str] = None) -> npt.NDArray[Any]:
     """roi_align with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
     max_mode, sampling_ratio, aligned = _parameters(mode, sampling_ratio, aligned)
@@ -115,9 +128,13 @@ def forward(input, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1, ali
     return _args.deliver(call)
 
 
-def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0,
-                       sampling_ratio=-1, aligned=False, *, layout="NCHW", mode="avg",
-                       input=None, out=None, num_threads=None):
+def roi_align_backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
+                       input_shape: Sequence[SupportsIndex], output_size: OutputSize,
+                       spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1,
+                       aligned: Bool = False, *, layout: Layout = "NCHW", mode: Mode = "avg",
+                       input: Optional[npt.ArrayLike] = None,
+                       out: Optional[npt.NDArray[Any]] = None,
+                       num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
     """Gradient of :func:`roi_align` with respect to its features.
 
     Average mode equals torchvision's ``_roi_align_backward`` (each sample sends
@@ -171,9 +188,12 @@ def roi_align_backward(grad_output, boxes, input_shape, output_size, spatial_sca
                     aligned, layout, mode, input, out, num_threads)
 
 
-def backward(grad_output, boxes, input_shape, output_size, spatial_scale=1.0, sampling_ratio=-1,
-             aligned=False, layout="NCHW", mode="avg", input=None, out=None, num_threads=None,
-             variant=None, build=None):
+def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequence[SupportsIndex],
+             output_size: OutputSize, spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1,
+             aligned: Bool = False, layout: Layout = "NCHW", mode: Mode = "avg",
+             input: Optional[npt.ArrayLike] = None, out: Optional[npt.NDArray[Any]] = None,
+             num_threads: Optional[SupportsIndex] = None, variant: Optional[str] = None,
+             build: Optional[str] = None) -> npt.NDArray[Any]:
     """roi_align_backward with the kernel variant and build forced (see forward). Max mode
     has no packed kernel: it always runs per RoI."""
     max_mode, sampling_ratio, aligned = _parameters(mode, sampling_ratio, aligned)
@@ -206,8 +226,16 @@ class RoIAlign:
     (1, 8, 7, 7)
     """
 
-    def __init__(self, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False, *,
-                 mode="avg", layout="NCHW"):
+    output_size: Tuple[int, int]
+    spatial_scale: float
+    sampling_ratio: int
+    aligned: bool
+    mode: Mode
+    layout: Layout
+
+    def __init__(self, output_size: OutputSize, spatial_scale: Real = 1.0,
+                 sampling_ratio: SupportsIndex = -1, aligned: Bool = False, *,
+                 mode: Mode = "avg", layout: Layout = "NCHW") -> None:
         self.output_size = _args.check_output_size(output_size)
         self.spatial_scale = _args.check_spatial_scale(spatial_scale)
         self.sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
@@ -215,29 +243,33 @@ class RoIAlign:
         self.mode = _args.check_mode(mode)
         self.layout = _args.check_layout(layout)
 
-    def _params(self):
+    def _params(self) -> Dict[str, Any]:
         """The arguments this instance passes to the functions."""
         return dict(output_size=self.output_size, spatial_scale=self.spatial_scale,
                     sampling_ratio=self.sampling_ratio, aligned=self.aligned)
 
-    def __call__(self, input, boxes, *, out=None, num_threads=None):
+    def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Forward: :func:`roi_align` of `input` over `boxes`."""
         return roi_align(input, boxes, **self._params(), layout=self.layout, mode=self.mode,
                          out=out, num_threads=num_threads)
 
-    def backward(self, grad_output, boxes, input_shape, *, input=None, out=None,
-                 num_threads=None):
+    def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
+                 input_shape: Sequence[SupportsIndex], *, input: Optional[npt.ArrayLike] = None,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`roi_align_backward` (max mode needs `input`)."""
         return roi_align_backward(grad_output, boxes, input_shape, **self._params(),
                                   layout=self.layout, mode=self.mode, input=input, out=out,
                                   num_threads=num_threads)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"RoIAlign(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
                 f"mode={self.mode!r}, layout={self.layout!r})")
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)
 
     __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

@@ -4,10 +4,16 @@ Laid out as _roi_align.py: check once (_args), plan (_plan), run the compiled ke
 _roi_pool_kernels through the kernel table (_dispatch).
 """
 
+from __future__ import annotations
+
+from typing import Any, Literal, Optional, SupportsIndex, Tuple, Union, overload
+
 import numpy as np
+import numpy.typing as npt
 
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _roi_pool_kernels as _baseline
+from roialign_cy._args import Bool, Layout, OutputSize, Real
 
 try:
     from roialign_cy import _roi_pool_kernels_avx2 as _avx2
@@ -15,16 +21,37 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
     _avx2 = None  # type: ignore[assignment]
 
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
+# roi_pool(..., return_argmax=True): the pooled maxima and where each was found.
+PooledWithArgmax = Tuple[npt.NDArray[Any], npt.NDArray[np.int32]]
 
 
-def _n_pixels(call):
+def _n_pixels(call: _args.ForwardCall) -> int:
     """H * W of the call's feature map."""
     shape = call.map_shape
     return shape[1] * shape[2] if call.channels_last else shape[2] * shape[3]
 
 
-def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out=None,
-             num_threads=None, return_argmax=False):
+@overload
+def roi_pool(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+             spatial_scale: Real = 1.0, *, layout: Layout = "NCHW",
+             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+             return_argmax: Literal[False] = False) -> npt.NDArray[Any]: ...
+@overload
+def roi_pool(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+             spatial_scale: Real = 1.0, *, layout: Layout = "NCHW",
+             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+             return_argmax: Literal[True]) -> PooledWithArgmax: ...
+@overload
+def roi_pool(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+             spatial_scale: Real = 1.0, *, layout: Layout = "NCHW",
+             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+             return_argmax: Bool = False) -> Union[npt.NDArray[Any], PooledWithArgmax]: ...
+
+
+def roi_pool(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+             spatial_scale: Real = 1.0, *, layout: Layout = "NCHW",
+             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+             return_argmax: Bool = False) -> Union[npt.NDArray[Any], PooledWithArgmax]:
     """Max-pool every region of interest on a quantized grid (RoIPool, Fast R-CNN).
 
     The baseline RoIAlign replaces, with ``torchvision.ops.roi_pool``'s exact semantics:
@@ -69,8 +96,11 @@ def roi_pool(input, boxes, output_size, spatial_scale=1.0, *, layout="NCHW", out
                    return_argmax)
 
 
-def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=None,
-            num_threads=None, return_argmax=False, variant=None, build=None):
+def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
+            spatial_scale: Real = 1.0, layout: Layout = "NCHW",
+            out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+            return_argmax: Bool = False, variant: Optional[str] = None,
+            build: Optional[str] = None) -> Union[npt.NDArray[Any], PooledWithArgmax]:
     """roi_pool with the kernel variant ("per_roi", "packed") and build forced; None: the
     plan's choice and the build picked at import."""
     if not (return_argmax is True or return_argmax is False):
@@ -82,7 +112,7 @@ def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=Non
         h, w = input.shape[-3:-1] if layout == "NHWC" else input.shape[-2:]
         _args.check_argmax_fits(h * w, "return_argmax")
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
-    argmax = None
+    argmax: Optional[npt.NDArray[np.int32]] = None
     if return_argmax:
         _args.check_argmax_fits(_n_pixels(call), "return_argmax")
         argmax = np.empty(call.kernel_out.shape, np.int32)
@@ -90,11 +120,14 @@ def forward(input, boxes, output_size, spatial_scale=1.0, layout="NCHW", out=Non
         plan = _plan.plan(call, num_threads, variant, grouped=False)
         _plan.run(KERNELS, "forward", build, call, plan, (call.kernel_out, argmax), "roi_pool")
     pooled = _args.deliver(call)
-    return (pooled, argmax) if return_argmax else pooled
+    return (pooled, argmax) if argmax is not None else pooled
 
 
-def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0, *,
-                      layout="NCHW", out=None, num_threads=None, argmax=None):
+def roi_pool_backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input: npt.ArrayLike,
+                      output_size: OutputSize, spatial_scale: Real = 1.0, *,
+                      layout: Layout = "NCHW", out: Optional[npt.NDArray[Any]] = None,
+                      num_threads: Optional[SupportsIndex] = None,
+                      argmax: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]:
     """Gradient of :func:`roi_pool` with respect to its features.
 
     Each bin's gradient goes to the element that won its maximum (none for an empty bin),
@@ -137,8 +170,11 @@ def roi_pool_backward(grad_output, boxes, input, output_size, spatial_scale=1.0,
                     num_threads, argmax)
 
 
-def backward(grad_output, boxes, input, output_size, spatial_scale=1.0, layout="NCHW", out=None,
-             num_threads=None, argmax=None, variant=None, build=None):
+def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input: npt.ArrayLike,
+             output_size: OutputSize, spatial_scale: Real = 1.0, layout: Layout = "NCHW",
+             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
+             argmax: Optional[npt.ArrayLike] = None, variant: Optional[str] = None,
+             build: Optional[str] = None) -> npt.NDArray[Any]:
     """roi_pool_backward with the kernel variant and build forced (see forward). With
     `argmax` the arg-max scatter always runs."""
     if input is None:
@@ -168,28 +204,55 @@ class RoIPool:
     (1, 3, 2, 2)
     """
 
-    def __init__(self, output_size, spatial_scale=1.0, *, layout="NCHW"):
+    output_size: Tuple[int, int]
+    spatial_scale: float
+    layout: Layout
+
+    def __init__(self, output_size: OutputSize, spatial_scale: Real = 1.0, *,
+                 layout: Layout = "NCHW") -> None:
         self.output_size = _args.check_output_size(output_size)
         self.spatial_scale = _args.check_spatial_scale(spatial_scale)
         self.layout = _args.check_layout(layout)
 
-    def __call__(self, input, boxes, *, out=None, num_threads=None, return_argmax=False):
+    @overload
+    def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None,
+                 return_argmax: Literal[False] = False) -> npt.NDArray[Any]: ...
+    @overload
+    def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None,
+                 return_argmax: Literal[True]) -> PooledWithArgmax: ...
+    @overload
+    def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None,
+                 return_argmax: Bool = False) -> Union[npt.NDArray[Any], PooledWithArgmax]: ...
+
+    def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None,
+                 return_argmax: Bool = False) -> Union[npt.NDArray[Any], PooledWithArgmax]:
         """Forward: :func:`roi_pool` of `input` over `boxes`."""
         return roi_pool(input, boxes, self.output_size, self.spatial_scale,
                         layout=self.layout, out=out, num_threads=num_threads,
                         return_argmax=return_argmax)
 
-    def backward(self, grad_output, boxes, input, *, out=None, num_threads=None, argmax=None):
+    def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input: npt.ArrayLike, *,
+                 out: Optional[npt.NDArray[Any]] = None,
+                 num_threads: Optional[SupportsIndex] = None,
+                 argmax: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`roi_pool_backward`."""
         return roi_pool_backward(grad_output, boxes, input, self.output_size,
                                  self.spatial_scale, layout=self.layout, out=out,
                                  num_threads=num_threads, argmax=argmax)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"RoIPool(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
                 f"layout={self.layout!r})")
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and vars(other) == vars(self)
 
     __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

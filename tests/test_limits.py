@@ -138,9 +138,11 @@ def test_sigint_interrupts_a_long_call(layout):
     """Ctrl-C during a call of several seconds: KeyboardInterrupt within a second, and the
     interpreter still works (another call succeeds)."""
     code = textwrap.dedent(f"""
-        import sys, time
+        import signal, sys, time
         import numpy as np
         from roialign_cy import roi_align
+        # Python leaves SIGINT ignored when it starts ignored (a background job of a shell)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         rng = np.random.default_rng(0)
         x = rng.random((4, 256, 100, 100), dtype=np.float32)
         if {layout!r} == "NHWC":
