@@ -121,6 +121,17 @@ def check_output_size(output_size: Any) -> Tuple[int, int]:
     return size, size
 
 
+def check_position_sensitive(channels: int, pooled: Tuple[int, int], name: str) -> int:
+    """Return C_out = channels / (PH * PW) when the map's channels are a multiple of PH * PW
+    (position-sensitive pooling: one input channel per output channel and bin)."""
+    n_bins = pooled[0] * pooled[1]
+    if channels % n_bins:
+        raise ValueError(f"{name} has {channels} channels, which is not a multiple of "
+                         f"output_size PH * PW = {pooled[0]} * {pooled[1]} = {n_bins} "
+                         f"(position-sensitive pooling reads one channel per output bin)")
+    return channels // n_bins
+
+
 def check_scale_fits(scale: float, dtype: np.dtype[Any]) -> float:
     """Return scale if it stays finite and > 0 in the compute dtype (float32 can lose it)."""
     if dtype.itemsize < 8:
@@ -501,11 +512,13 @@ Call = Union[ForwardCall, BackwardCall]
 
 
 def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, layout: Any,
-                 out: Any) -> ForwardCall:
-    """Check a forward call (roi_align, roi_pool) into a ForwardCall.
+                 out: Any, position_sensitive: bool = False) -> ForwardCall:
+    """Check a forward call (roi_align, roi_pool, ...) into a ForwardCall.
 
     Each argument's usual form takes its checker's fast route inline; any other form goes
     through the checker, which converts it or raises naming the argument.
+    position_sensitive: the map's C channels must be a multiple of PH * PW and the result
+    has C / (PH * PW) channels (ps_roi_align, ps_roi_pool).
     """
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
@@ -529,6 +542,8 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
     n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
+    if position_sensitive:
+        channels = check_position_sensitive(channels, pooled, "input")
     ph, pw = pooled
     shape = (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw)
     if out is None and n_rois * channels * ph * pw * dtype.itemsize <= sys.maxsize:
@@ -545,12 +560,13 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
 
 def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: Any,
                   spatial_scale: Any, layout: Any, input: Any, needs_input: bool, out: Any,
-                  argmax: Any = None) -> BackwardCall:
+                  argmax: Any = None, position_sensitive: bool = False) -> BackwardCall:
     """Check a backward call into a BackwardCall (see forward_call).
 
     needs_input: the kernel reads the forward's features (`input`), which must then match
-    input_shape. argmax: roi_pool's arg-max indices, or None. Every argument is checked, and
-    `out` checked not to overlap any of them, before `out` is written (zeroed).
+    input_shape. argmax: roi_pool's arg-max indices, or None. position_sensitive: as in
+    forward_call, for input_shape's channels. Every argument is checked, and `out` checked
+    not to overlap any of them, before `out` is written (zeroed).
     """
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
@@ -570,6 +586,8 @@ def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: A
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
     n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
+    if position_sensitive:
+        channels = check_position_sensitive(channels, pooled, "input_shape")
     ph, pw = pooled
     grad, result_dtype = check_grad_output(
         grad_output, (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw))

@@ -1,0 +1,216 @@
+# The position-sensitive RoIPool kernels (ps_roi_pool, ps_roi_pool_backward; R-FCN), with
+# torchvision's exact forward: box corners rounded to feature pixels, size
+# max(end - start, 1) (no +1, unlike roi_pool), bins [floor(p * bin), ceil((p + 1) * bin))
+# offset by the start and clipped to [0, size - 1] (so the map's last row and column never
+# take part), each bin AVERAGED over its elements, an empty bin gives 0. Output bin
+# (c, ph, pw) reads only input channel c_in = (c * PH + ph) * PW + pw. The backward is the
+# exact adjoint of that forward (torchvision's own backward clips to [0, size] instead).
+# Private: _ps_roi_pool.py hands over private, canonical arrays. Each entry point fills a
+# KernelCall and runs its work items through _work_items.run_items.
+
+from libc.math cimport ceil, floor, fmax, fmin, round
+
+from roialign_cy._channel_blocks cimport BlockItem, block_item
+from roialign_cy._kernel_call cimport (
+    Geometry,
+    KernelCall,
+    kernel_call,
+    make_geometry,
+    n_block_items,
+)
+from roialign_cy._sample_table cimport floating
+from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+
+
+cdef struct PoolBins:
+    # The clipped pixel ranges of every bin of one RoI: rows [y_start[ph], y_end[ph]), ...
+    Py_ssize_t* y_start
+    Py_ssize_t* y_end
+    Py_ssize_t* x_start
+    Py_ssize_t* x_end
+
+
+cdef inline PoolBins bins_in(void* buffer, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
+    """The bin ranges laid out in a scratch buffer of 2 * (PH + PW) Py_ssize_t."""
+    cdef PoolBins bins
+    bins.y_start = <Py_ssize_t*>buffer
+    bins.y_end = bins.y_start + pooled_h
+    bins.x_start = bins.y_end + pooled_h
+    bins.x_end = bins.x_start + pooled_w
+    return bins
+
+
+cdef inline void axis_bins(floating first, floating last, floating spatial_scale,
+                           Py_ssize_t n_bins, Py_ssize_t size,
+                           Py_ssize_t* bin_start, Py_ssize_t* bin_end) noexcept nogil:
+    """torchvision's ps_roi_pool bins along one axis, clipped to [0, size - 1].
+
+    The products with spatial_scale and the bin size are rounded in type T as torchvision
+    computes them; the rest in double, so that huge boxes clip instead of overflowing an int
+    (torchvision's int arithmetic is undefined there).
+    """
+    cdef double start = round(first * spatial_scale)
+    cdef double length = fmax(round(last * spatial_scale) - start, 1.0)
+    cdef floating bin_size = <floating>length / <floating>n_bins
+    cdef double last_index = <double>(size - 1)
+    cdef Py_ssize_t p
+    for p in range(n_bins):
+        bin_start[p] = <Py_ssize_t>fmin(fmax(floor(<floating>p * bin_size) + start, 0.0),
+                                        last_index)
+        bin_end[p] = <Py_ssize_t>fmin(fmax(ceil(<floating>(p + 1) * bin_size) + start, 0.0),
+                                      last_index)
+
+
+cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_scale,
+                          const Geometry* g) noexcept nogil:
+    """The bins of box = (x1, y1, x2, y2)."""
+    axis_bins(box[1], box[3], spatial_scale, g.pooled_h, g.height, bins.y_start, bins.y_end)
+    axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
+
+
+cdef inline floating bin_mean(const floating* plane, const Geometry* g, Py_ssize_t y0,
+                              Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1) noexcept nogil:
+    """The mean of plane over rows [y0, y1) and columns [x0, x1) (not empty), summed in
+    torchvision's order (rows outer) and divided by the element count in type T."""
+    cdef Py_ssize_t y, x
+    cdef floating acc = 0
+    cdef const floating* row
+    for y in range(y0, y1):
+        row = plane + y * g.row_stride
+        for x in range(x0, x1):
+            acc = acc + row[x * g.col_stride]
+    return acc / <floating>((y1 - y0) * (x1 - x0))
+
+
+cdef inline void bin_spread(floating* grad_plane, const Geometry* g, Py_ssize_t y0,
+                            Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1,
+                            floating grad) noexcept nogil:
+    """Backward of bin_mean: grad / count added to every element of the bin."""
+    cdef Py_ssize_t y, x
+    cdef floating share = grad / <floating>((y1 - y0) * (x1 - x0))
+    cdef floating* row
+    for y in range(y0, y1):
+        row = grad_plane + y * g.row_stride
+        for x in range(x0, x1):
+            row[x * g.col_stride] += share
+
+
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+                      const floating* type_tag) noexcept nogil:
+    """Forward, work item k: every bin of every output channel of RoI k."""
+    cdef const Geometry* g = &call.g
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
+    cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t ph, pw, b, c
+    cdef bint empty
+    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+    for ph in range(g.pooled_h):
+        for pw in range(g.pooled_w):
+            b = ph * g.pooled_w + pw
+            empty = bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]
+            for c in range(g.channels // n_bins):
+                out_roi[c * g.out_channel_stride + b * g.out_bin_stride] = 0 if empty else (
+                    bin_mean(image + (c * n_bins + b) * g.channel_stride, g, bins.y_start[ph],
+                             bins.y_end[ph], bins.x_start[pw], bins.x_end[pw]))
+    return True
+
+
+cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Backward: the gradient of one block of input channels of one image, from all its RoIs
+    (input channel c_in takes one bin of each RoI). RoIs ascending, then bins: the same
+    order for any thread count, no atomics."""
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t j, k, c, b, ph, pw
+    cdef const floating* grad_roi
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        grad_roi = <const floating*>call.values + k * g.out_roi_stride
+        for c in range(it.first_channel, it.first_channel + it.n_channels):
+            b = c % n_bins
+            ph = b // g.pooled_w
+            pw = b % g.pooled_w
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                continue  # an empty bin sends no gradient
+            bin_spread(grad_image + c * g.channel_stride, g, bins.y_start[ph], bins.y_end[ph],
+                       bins.x_start[pw], bins.x_end[pw],
+                       grad_roi[(c // n_bins) * g.out_channel_stride + b * g.out_bin_stride])
+    return True
+
+
+cdef Geometry ps_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_t pooled_h,
+                          Py_ssize_t pooled_w) noexcept nogil:
+    """The Geometry of a map of C = C_out * PH * PW channels and its (K, C_out, PH, PW) or
+    (K, PH, PW, C_out) output: a channels-last bin holds C_out values."""
+    cdef Geometry g = make_geometry(shape, channels_last, pooled_h, pooled_w, 0, False)
+    g.out_roi_stride = g.channels  # C_out * PH * PW
+    if channels_last:
+        g.out_bin_stride = g.channels // (pooled_h * pooled_w)
+    return g
+
+
+cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
+                    const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
+                    const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
+                    Geometry g, bint backward, Py_ssize_t block, Py_ssize_t first_item,
+                    int n_threads):
+    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
+    cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
+                                       batch_index, roi_order, image_first, spatial_scale, block)
+    cdef ScratchSpec spec = scratch_spec(0, 0, 2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t),
+                                         0)
+    cdef Py_ssize_t n_items = n_block_items(&g, block)
+    cdef Py_ssize_t done
+    with nogil:
+        if not backward:
+            done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
+                             &spec, n_threads)
+        else:
+            done = run_items(backward_share[floating], &call, first_item, n_items,
+                             &spec, n_threads)
+    return done
+
+
+def forward(const floating[:, :, :, ::1] features, bint channels_last,
+            const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+            const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+            double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+            floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t first_item,
+            int n_threads):
+    """Position-sensitive RoIPool forward into `out`, one time slice of it (see
+    _work_items.run_items): the next item to run from first_item on, 0 when done, -1 when
+    out of memory.
+
+    features (N, C, H, W), or (N, H, W, C) when channels_last, C a multiple of PH * PW;
+    out (K, C / (PH * PW), PH, PW) or (K, PH, PW, C / (PH * PW)). One work item per RoI
+    (`packed` and `block` are unused).
+    """
+    cdef Geometry g = ps_geometry(features.shape, channels_last, pooled_height, pooled_width)
+    return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
+               &out[0, 0, 0, 0], g, False, block, first_item, n_threads)
+
+
+def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
+             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
+             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+             floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
+             Py_ssize_t first_item, int n_threads):
+    """Gradient of ps_roi_pool w.r.t. the features (the adjoint of forward), accumulated into
+    zeroed `grad_input`, one time slice of it (returns as forward does).
+
+    Work items are (image, block of `block` input channels): deterministic, no atomics.
+    """
+    cdef Geometry g = ps_geometry(grad_input.shape, channels_last, pooled_height, pooled_width)
+    return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
+               &grad_input[0, 0, 0, 0], g, True, block, first_item, n_threads)
+
+
+KERNELS = {"forward": forward, "backward": backward}
