@@ -8,6 +8,8 @@
 # Each RoI's sample table is built once and serves every output channel: a bin's samples
 # sit at the same pixels in every channel plane, only the plane changes with c.
 
+from libc.math cimport frexp
+
 from roialign_cy._channel_blocks cimport BlockItem, block_item
 from roialign_cy._kernel_call cimport (
     Geometry,
@@ -23,7 +25,6 @@ from roialign_cy._sample_table cimport (
     build_sample_table,
     fits_sample_table,
     floating,
-    four_taps,
     sample_taps,
 )
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
@@ -43,87 +44,112 @@ cdef inline bint roi_samples(SampleTable* table, const floating* box, floating s
     return build_sample_table(table, g.pooled_h, g.pooled_w, False, box)
 
 
-cdef inline floating bin_sum(const floating* plane, const SampleTable* table, bint per_sample,
-                             Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t pooled_w) noexcept nogil:
-    """The sum of bin (ph, pw)'s inside samples on one channel plane, in torchvision's order
-    (iy outer, ix inner): from the per-sample table, or (a grid too big for one) from the
-    axis tables, the taps formed on the way (the same numbers)."""
-    cdef Py_ssize_t s, iy, ix, b = ph * pooled_w + pw
-    cdef const Py_ssize_t* offsets = table.corner_offsets
-    cdef const floating* weights = <const floating*>table.corner_weights
-    cdef Py_ssize_t tap_offsets[4]
-    cdef floating tap_weights[4]
-    cdef floating acc = 0
-    if per_sample:
-        for s in range(table.bin_first[b], table.bin_first[b + 1]):
-            acc = acc + four_taps(plane, &offsets[4 * s], &weights[4 * s])
-        return acc
-    for iy in range(table.y_first[ph], table.y_first[ph + 1]):
-        for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-            sample_taps(&table.y_samples[iy], &table.x_samples[ix], False, tap_offsets,
-                        tap_weights)
-            acc = acc + four_taps(plane, tap_offsets, tap_weights)
-    return acc
+cdef inline void add_sample(floating* acc, const floating* plane, Py_ssize_t plane_step,
+                            Py_ssize_t n, const Py_ssize_t* offsets,
+                            const floating* weights) noexcept nogil:
+    """acc[c] += the bilinear value of one sample on plane c (plane + c * plane_step), for
+    the n output channels of one bin: torchvision's w1*v1 + w2*v2 + w3*v3 + w4*v4, then its
+    out_sum += val. The taps are the same in every plane, so they stay in registers and
+    the channel loop vectorizes (each channel still sums its own samples in order)."""
+    cdef Py_ssize_t c
+    cdef Py_ssize_t o1 = offsets[0], o2 = offsets[1], o3 = offsets[2], o4 = offsets[3]
+    cdef floating w1 = weights[0], w2 = weights[1], w3 = weights[2], w4 = weights[3]
+    cdef const floating* p
+    for c in range(n):
+        p = plane + c * plane_step
+        acc[c] = acc[c] + (w1 * p[o1] + w2 * p[o2] + w3 * p[o3] + w4 * p[o4])
 
 
-cdef inline void scatter_taps(floating* grad_plane, const Py_ssize_t* offsets,
-                              const floating* weights, floating grad,
-                              floating count) noexcept nogil:
-    """Add one sample's share of `grad` to its 4 taps: torchvision's grad * w_i / count, one
-    tap after the other (two taps may be the same element at a border)."""
-    grad_plane[offsets[0]] += grad * weights[0] / count
-    grad_plane[offsets[1]] += grad * weights[1] / count
-    grad_plane[offsets[2]] += grad * weights[2] / count
-    grad_plane[offsets[3]] += grad * weights[3] / count
+cdef enum:
+    # Taps the backward spreads per pass over a bin's output channels: one sample.
+    TAP_CHUNK = 4
 
 
-cdef inline void bin_scatter(floating* grad_plane, const SampleTable* table, bint per_sample,
-                             Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t pooled_w, floating grad,
-                             floating count) noexcept nogil:
-    """Backward of bin_sum / count: bin (ph, pw)'s gradient spread over its samples' taps."""
-    cdef Py_ssize_t s, iy, ix, b = ph * pooled_w + pw
-    cdef const Py_ssize_t* offsets = table.corner_offsets
-    cdef const floating* weights = <const floating*>table.corner_weights
-    cdef Py_ssize_t tap_offsets[4]
-    cdef floating tap_weights[4]
-    if per_sample:
-        for s in range(table.bin_first[b], table.bin_first[b + 1]):
-            scatter_taps(grad_plane, &offsets[4 * s], &weights[4 * s], grad, count)
-        return
-    for iy in range(table.y_first[ph], table.y_first[ph + 1]):
-        for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-            sample_taps(&table.y_samples[iy], &table.x_samples[ix], False, tap_offsets,
-                        tap_weights)
-            scatter_taps(grad_plane, tap_offsets, tap_weights, grad, count)
+cdef inline void scatter_taps(floating* grad_plane, Py_ssize_t plane_step, Py_ssize_t n,
+                              const floating* grad, const Py_ssize_t* offsets,
+                              const floating* weights, Py_ssize_t n_taps, floating count,
+                              floating inverse_count, floating* share) noexcept nogil:
+    """Backward of add_sample for n_taps (<= TAP_CHUNK) consecutive taps of a bin's samples:
+    tap t of plane c (grad_plane + c * plane_step) gets torchvision's
+    grad[c] * w_t / count, taps in order (two may be the same element at a border).
+
+    The shares are formed first, in vector loops over the channels (share: scratch for
+    TAP_CHUNK * n values), then added plane by plane: every element still receives its
+    contributions in torchvision's order. inverse_count: 1 / count when count is a power of
+    two (x * (1 / count) is then x / count, bit for bit, and cheaper), else 0.
+    """
+    cdef Py_ssize_t c, t
+    cdef floating w
+    cdef floating* row
+    cdef floating* p
+    for t in range(n_taps):
+        w = weights[t]
+        row = share + t * n
+        if inverse_count != 0:
+            for c in range(n):
+                row[c] = grad[c] * w * inverse_count
+        else:
+            for c in range(n):
+                row[c] = grad[c] * w / count
+    for c in range(n):
+        p = grad_plane + c * plane_step
+        for t in range(n_taps):
+            p[offsets[t]] += share[t * n + c]
+
+
+cdef inline floating exact_inverse(floating count) noexcept nogil:
+    """1 / count when that is exact (count a power of two, the usual sampling_ratio 2 or 4
+    grid), else 0."""
+    cdef int exponent
+    if frexp(<double>count, &exponent) != 0.5:
+        return 0
+    return <floating>1 / count
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every bin of every output channel of RoI k, bins outer so that
-    a bin's sample taps stay in registers while the output channels walk their planes."""
+    """Forward, work item k: every bin of every output channel of RoI k. Bins outer, then
+    samples, then the bin's output channels (one plane each, PH * PW planes apart)."""
     cdef const Geometry* g = &call.g
+    cdef SampleTable* table = &scratch.table
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
     cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
+    cdef floating* acc = <floating*>scratch.buffers[0]
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_out = g.channels // n_bins
     cdef Py_ssize_t plane_step = n_bins * g.channel_stride  # from c_in to c_in + PH * PW
-    cdef Py_ssize_t ph, pw, b, c
+    cdef Py_ssize_t ph, pw, b, c, s, iy, ix
+    cdef Py_ssize_t tap_offsets[4]
+    cdef floating tap_weights[4]
+    cdef const floating* plane
+    cdef floating* out_bin
     cdef RoIGrid grid
     cdef bint per_sample
     cdef floating count
-    cdef const floating* plane
-    if not roi_samples(&scratch.table, <const floating*>call.boxes + 4 * k,
+    if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                        <floating>call.spatial_scale, g, &grid):
         return False
-    per_sample = fits_sample_table(&scratch.table, g.pooled_h, g.pooled_w)
+    per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
     count = <floating>grid.count
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             b = ph * g.pooled_w + pw
             plane = image + b * g.channel_stride  # c_in of output channel 0
-            for c in range(g.channels // n_bins):
-                out_roi[c * g.out_channel_stride + b * g.out_bin_stride] = (
-                    bin_sum(plane, &scratch.table, per_sample, ph, pw, g.pooled_w) / count)
-                plane += plane_step
+            for c in range(n_out):
+                acc[c] = 0
+            if per_sample:  # torchvision's order: iy outer, ix inner (build_sample_table's)
+                for s in range(table.bin_first[b], table.bin_first[b + 1]):
+                    add_sample(acc, plane, plane_step, n_out, &table.corner_offsets[4 * s],
+                               &(<const floating*>table.corner_weights)[4 * s])
+            else:  # a grid too big for one table: the same taps, formed on the way
+                for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                    for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                        sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
+                                    tap_offsets, tap_weights)
+                        add_sample(acc, plane, plane_step, n_out, tap_offsets, tap_weights)
+            out_bin = out_roi + b * g.out_bin_stride
+            for c in range(n_out):
+                out_bin[c * g.out_channel_stride] = acc[c] / count
     return True
 
 
@@ -136,26 +162,68 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     ascending, then samples, taps): deterministic for any thread count, no atomics.
     """
     cdef const Geometry* g = &call.g
+    cdef SampleTable* table = &scratch.table
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef floating* grad = <floating*>scratch.buffers[0]
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef Py_ssize_t j, k, c, b
+    cdef Py_ssize_t plane_step = n_bins * g.channel_stride
+    cdef floating* share = grad + g.channels // n_bins
+    cdef Py_ssize_t c0 = it.first_channel
+    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef Py_ssize_t j, k, c, b, ph, pw, iy, ix, first_out, n, first, last, n_taps
+    cdef Py_ssize_t chunk_offsets[TAP_CHUNK]
+    cdef floating chunk_weights[TAP_CHUNK]
     cdef RoIGrid grid
     cdef bint per_sample
-    cdef const floating* grad_roi
+    cdef floating count, inverse_count
+    cdef const floating* grad_bin
+    cdef floating* grad_plane
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
-        if not roi_samples(&scratch.table, <const floating*>call.boxes + 4 * k,
+        if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, &grid):
             return False
-        per_sample = fits_sample_table(&scratch.table, g.pooled_h, g.pooled_w)
-        grad_roi = <const floating*>call.values + k * g.out_roi_stride
-        for c in range(it.first_channel, it.first_channel + it.n_channels):
-            b = c % n_bins
-            bin_scatter(grad_image + c * g.channel_stride, &scratch.table, per_sample,
-                        b // g.pooled_w, b % g.pooled_w, g.pooled_w,
-                        grad_roi[(c // n_bins) * g.out_channel_stride + b * g.out_bin_stride],
-                        <floating>grid.count)
+        per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
+        count = <floating>grid.count
+        inverse_count = exact_inverse(count)
+        for ph in range(g.pooled_h):
+            for pw in range(g.pooled_w):
+                b = ph * g.pooled_w + pw
+                # The output channels whose plane c * PH * PW + b lies in [c0, c1).
+                first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
+                n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+                if n <= 0:
+                    continue
+                grad_bin = (<const floating*>call.values + k * g.out_roi_stride
+                            + b * g.out_bin_stride + first_out * g.out_channel_stride)
+                for c in range(n):
+                    grad[c] = grad_bin[c * g.out_channel_stride]
+                grad_plane = grad_image + (first_out * n_bins + b) * g.channel_stride
+                if per_sample:  # the bin's taps are contiguous: TAP_CHUNK at a time
+                    first = 4 * table.bin_first[b]
+                    last = 4 * table.bin_first[b + 1]
+                    while first < last:
+                        n_taps = last - first if last - first < TAP_CHUNK else TAP_CHUNK
+                        scatter_taps(grad_plane, plane_step, n, grad,
+                                     &table.corner_offsets[first],
+                                     &(<const floating*>table.corner_weights)[first], n_taps,
+                                     count, inverse_count, share)
+                        first += n_taps
+                    continue
+                n_taps = 0  # a grid too big for one table: the taps formed on the way
+                for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                    for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                        sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
+                                    &chunk_offsets[n_taps], &chunk_weights[n_taps])
+                        n_taps += 4
+                        if n_taps == TAP_CHUNK:
+                            scatter_taps(grad_plane, plane_step, n, grad, chunk_offsets,
+                                         chunk_weights, n_taps, count, inverse_count, share)
+                            n_taps = 0
+                if n_taps > 0:
+                    scatter_taps(grad_plane, plane_step, n, grad, chunk_offsets, chunk_weights,
+                                 n_taps, count, inverse_count, share)
     return True
 
 
@@ -179,7 +247,12 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
-    cdef ScratchSpec spec = scratch_spec(g.pooled_h, g.pooled_w, 0, 0)
+    cdef Py_ssize_t n_out = g.channels // (g.pooled_h * g.pooled_w)
+    # a sample table, and one bin's output channels: accumulators (forward), or
+    # gradients and shares (backward)
+    cdef ScratchSpec spec = scratch_spec(g.pooled_h, g.pooled_w,
+                                         ((1 + TAP_CHUNK) if backward else 1) * n_out
+                                         * sizeof(floating), 0)
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
     with nogil:
