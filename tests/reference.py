@@ -281,3 +281,116 @@ def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_out
                     if grad_output is not None and where is not None:
                         grad_input[b, c][where] += grad_output[k, c, ph, pw]
     return out if grad_output is None else (out, grad_input)
+
+
+# ---- Position-sensitive pooling (R-FCN): SEMANTICS.md "Position-sensitive RoIAlign / RoIPool" --
+
+
+def ps_channel(c_out, ph, pw, output_size):
+    """The input channel output bin (c_out, ph, pw) reads: (c_out * PH + ph) * PW + pw."""
+    pooled_h, pooled_w = output_size
+    return (c_out * pooled_h + ph) * pooled_w + pw
+
+
+def reference_ps_roi_align(features, boxes, output_size, spatial_scale=1.0, sampling_ratio=-1,
+                           grad_output=None):
+    """Loop position-sensitive RoIAlign of (N, C, H, W) features over (K, 5) boxes, float64.
+
+    Geometry as roi_align with aligned=True (offset 0.5, no 1x1 clamp), average over the
+    bin's grid; an empty grid gives 0. Returns (K, C / (PH * PW), PH, PW), and with
+    grad_output also the gradient w.r.t. the features (the adjoint: each inside sample sends
+    grad * w / count to its taps in the bin's own channel).
+    """
+    features = np.asarray(features)
+    pooled_h, pooled_w = output_size
+    n_images, channels, height, width = features.shape
+    c_out = channels // (pooled_h * pooled_w)
+    rows = np.asarray(boxes).astype(features.dtype).astype(np.float64)
+    scale = float(features.dtype.type(spatial_scale))
+    planes = features.astype(np.float64)
+    out = np.zeros((len(rows), c_out, pooled_h, pooled_w))
+    grad_input = np.zeros(features.shape)
+    for k, (batch_index, *box) in enumerate(rows):
+        b = int(batch_index)
+        bins, _ = sample_grid(box, scale, output_size, sampling_ratio, True, height, width)
+        for (ph, pw), samples in bins.items():
+            count = len(samples)  # the grid's size (outside samples are 0s that count)
+            if count == 0:
+                continue
+            for c in range(c_out):
+                plane = ps_channel(c, ph, pw, output_size)
+                total = 0.0
+                for taps in filter(None, samples):
+                    total += sum(w * planes[b, plane, r, col] for r, col, w in taps)
+                    if grad_output is not None:
+                        for r, col, w in taps:
+                            grad_input[b, plane, r, col] += grad_output[k, c, ph, pw] * w / count
+                out[k, c, ph, pw] = total / count
+    return out if grad_output is None else (out, grad_input)
+
+
+def ps_pool_bins(first, last, spatial_scale, n_bins, size, dtype, clip_to=None, round_in=None):
+    """torchvision's ps_roi_pool [start, end) pixel range of every bin along one axis.
+
+    start = round(first * s), end = round(last * s) (products in `dtype`, halves away from
+    zero), length = max(end - start, 1), bins [floor(p * bin), ceil((p + 1) * bin)) + start
+    clipped to [0, clip_to]; clip_to defaults to size - 1 (the forward's clipping). round_in:
+    the type the products are rounded through before round() (torchvision's backward uses
+    roundf: float32).
+    """
+    clip_to = size - 1 if clip_to is None else clip_to
+    products = [dtype(first) * dtype(spatial_scale), dtype(last) * dtype(spatial_scale)]
+    if round_in is not None:
+        products = [round_in(value) for value in products]
+    start, end = (round_half_away(float(value)) for value in products)
+    length = max(end - start, 1)
+    bin_size = dtype(length) / dtype(n_bins)
+    ranges = []
+    for p in range(n_bins):
+        low = math.floor(float(dtype(p) * bin_size)) + start
+        high = math.ceil(float(dtype(p + 1) * bin_size)) + start
+        ranges.append((min(max(low, 0), clip_to), min(max(high, 0), clip_to)))
+    return ranges
+
+
+def reference_ps_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None,
+                          torchvision_backward=False):
+    """Loop position-sensitive RoIPool of (N, C, H, W) features over (K, 5) boxes.
+
+    Each bin is the mean of its (clipped) elements in the bin's own channel, 0 when empty.
+    Returns (K, C / (PH * PW), PH, PW) in float64, and with grad_output also the gradient
+    w.r.t. the features: the adjoint of that forward (each element of a non-empty bin gets
+    grad / count), or with torchvision_backward=True what torchvision's backward computes
+    instead (bins clipped to [0, H] and [0, W], products rounded through float32).
+    """
+    dtype = features.dtype.type
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = features.shape
+    c_out = channels // (pooled_h * pooled_w)
+    rows = np.asarray(boxes).astype(dtype)
+    planes = features.astype(np.float64)
+    out = np.zeros((len(rows), c_out, pooled_h, pooled_w))
+    grad_input = np.zeros(features.shape)
+    for k, (batch_index, x1, y1, x2, y2) in enumerate(rows):
+        b = int(batch_index)
+        y_bins = ps_pool_bins(y1, y2, spatial_scale, pooled_h, height, dtype)
+        x_bins = ps_pool_bins(x1, x2, spatial_scale, pooled_w, width, dtype)
+        if torchvision_backward:
+            y_grad = ps_pool_bins(y1, y2, spatial_scale, pooled_h, height, dtype, height,
+                                  np.float32)
+            x_grad = ps_pool_bins(x1, x2, spatial_scale, pooled_w, width, dtype, width,
+                                  np.float32)
+        else:
+            y_grad, x_grad = y_bins, x_bins
+        for ph in range(pooled_h):
+            for pw in range(pooled_w):
+                for c in range(c_out):
+                    plane = ps_channel(c, ph, pw, output_size)
+                    (y_lo, y_hi), (x_lo, x_hi) = y_bins[ph], x_bins[pw]
+                    if y_hi > y_lo and x_hi > x_lo:
+                        out[k, c, ph, pw] = planes[b, plane, y_lo:y_hi, x_lo:x_hi].mean()
+                    (y_lo, y_hi), (x_lo, x_hi) = y_grad[ph], x_grad[pw]
+                    if grad_output is not None and y_hi > y_lo and x_hi > x_lo:
+                        count = (y_hi - y_lo) * (x_hi - x_lo)
+                        grad_input[b, plane, y_lo:y_hi, x_lo:x_hi] += grad_output[k, c, ph, pw] / count
+    return out if grad_output is None else (out, grad_input)
