@@ -19,9 +19,15 @@ from roi_inputs import align_nchw, random_boxes, to_layout
 
 import roialign_cy
 from roialign_cy import (
+    PSRoIAlign,
+    PSRoIPool,
     RoIAlign,
     RoIPool,
     _args,
+    ps_roi_align,
+    ps_roi_align_backward,
+    ps_roi_pool,
+    ps_roi_pool_backward,
     roi_align,
     roi_align_backward,
     roi_pool,
@@ -45,6 +51,12 @@ ENTRY_POINTS = {
     "roi_pool_backward": roi_pool_backward,
     "RoIAlign": RoIAlign,
     "RoIPool": RoIPool,
+    "ps_roi_align": ps_roi_align,
+    "ps_roi_align_backward": ps_roi_align_backward,
+    "ps_roi_pool": ps_roi_pool,
+    "ps_roi_pool_backward": ps_roi_pool_backward,
+    "PSRoIAlign": PSRoIAlign,
+    "PSRoIPool": PSRoIPool,
 }
 
 
@@ -63,6 +75,22 @@ ALIGN = ("roi_align", "roi_align_backward")
 CLASSES = ("RoIAlign", "RoIPool")
 
 
+# Position-sensitive pooling: the map has C_PS = C * PH * PW channels, the result C.
+PS = ("ps_roi_align", "ps_roi_align_backward", "ps_roi_pool", "ps_roi_pool_backward")
+
+
+PS_FORWARD = ("ps_roi_align", "ps_roi_pool")
+
+
+PS_BACKWARD = ("ps_roi_align_backward", "ps_roi_pool_backward")
+
+
+PS_CLASSES = ("PSRoIAlign", "PSRoIPool")
+
+
+C_PS = C * PH * PW
+
+
 def features(dtype=np.float32, shape=(N, C, H, W)):
     """A valid feature map."""
     return (np.arange(np.prod(shape)).reshape(shape) % 11).astype(dtype)
@@ -78,10 +106,20 @@ def grad(shape=(N, C, PH, PW), dtype=np.float32):
     return np.ones(shape, dtype=dtype)
 
 
+def map_shape(name):
+    """The (N, C, H, W) features of a valid call of `name`."""
+    return (N, C_PS if name in PS else C, H, W)
+
+
 def base_kwargs(name):
     """Keyword arguments of a valid call of entry point `name`."""
     if name in FORWARD:
         return dict(input=features(), boxes=boxes(), output_size=PH)
+    if name in PS_FORWARD:
+        return dict(input=features(shape=map_shape(name)), boxes=boxes(), output_size=PH)
+    if name in PS_BACKWARD:
+        return dict(grad_output=grad(), boxes=boxes(), input_shape=map_shape(name),
+                    output_size=PH)
     if name == "roi_align_backward":
         return dict(grad_output=grad(), boxes=boxes(), input_shape=(N, C, H, W), output_size=PH)
     if name == "roi_pool_backward":
@@ -106,8 +144,12 @@ def readonly(array):
 
 def out_overlapping(kwargs, name):
     """An `out` of the right shape and dtype that is a view into one of the inputs."""
-    if name in FORWARD:  # out (2, 3, 2, 2) inside the features' buffer
-        return kwargs["input"][:, :, :PH, :PW]
+    if name in FORWARD + PS_FORWARD:  # out (2, 3, 2, 2) inside the features' buffer
+        return kwargs["input"][:, :C, :PH, :PW]
+    if name in PS_BACKWARD:  # grad_output is a view into out
+        buffer = np.zeros(N * C_PS * H * W + 64, dtype=np.float32)
+        kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
+        return buffer[:N * C_PS * H * W].reshape(map_shape(name))
     buffer = np.zeros(N * C * H * W + 64, dtype=np.float32)
     if name == "roi_align_backward":  # grad_output is a view into out
         kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
@@ -126,9 +168,9 @@ def out_overlapping_boxes(kwargs):
 
 def out_shape(name, nhwc=False):
     """Shape of the result of a valid call of `name`."""
-    if name in FORWARD:
+    if name in FORWARD + PS_FORWARD:
         return (N, PH, PW, C) if nhwc else (N, C, PH, PW)
-    return (N, C, H, W)
+    return map_shape(name)
 
 
 @dataclass
@@ -172,7 +214,7 @@ def add(names, what, changes, exc, match, crash_prone=False, marks=()):
 
 
 # ---- features (`input` of the forwards and of roi_pool_backward) ---------------------------
-for name in FORWARD + ("roi_pool_backward",):
+for name in FORWARD + ("roi_pool_backward",) + PS_FORWARD:
     add(name, "input-2d", {"input": features(shape=(H, W))}, ValueError, r"\binput\b")
     add(name, "input-5d", {"input": features(shape=(1, N, C, H, W))}, ValueError, r"\binput\b")
     add(name, "input-0d", {"input": np.float32(1)}, ValueError, r"\binput\b")
@@ -184,7 +226,7 @@ for name in FORWARD + ("roi_pool_backward",):
     add(name, "input-str", {"input": "features"}, TypeError, r"\binput\b")
 
 
-for name in FORWARD:
+for name in FORWARD + PS_FORWARD:
     add(name, "input-empty-H", {"input": features(shape=(N, C, 0, W))}, ValueError,
         r"\binput\b.*empty")
     add(name, "input-empty-W", {"input": features(shape=(N, C, H, 0))}, ValueError,
@@ -209,11 +251,33 @@ for what, value, exc in [
     ("negative", (N, C, -1, W), ValueError), ("float", (N, C, 6.0, W), TypeError),
     ("int", 7, TypeError), ("none", None, TypeError), ("str", "NCHW", TypeError),
 ]:
-    add("roi_align_backward", f"input_shape-{what}", {"input_shape": value}, exc, r"input_shape")
+    for name in ("roi_align_backward",) + PS_BACKWARD:
+        add(name, f"input_shape-{what}", {"input_shape": value}, exc, r"input_shape")
+
+
+# ---- channels of position-sensitive pooling: a multiple of PH * PW -----------------------------
+for name in PS_FORWARD:
+    add(name, "channels-not-multiple", {"input": features(shape=(N, C_PS + 1, H, W))},
+        ValueError, r"\binput\b has 13 channels.*not a multiple of output_size")
+    add(name, "channels-not-multiple-nhwc",
+        {"input": features(shape=(N, H, W, C_PS)), "layout": "NHWC", "output_size": (2, 5)},
+        ValueError, r"\binput\b has 12 channels.*not a multiple.*2 \* 5 = 10")
+    add(name, "channels-fewer-than-bins", {"input": features(shape=(N, 3, H, W))}, ValueError,
+        r"\binput\b has 3 channels.*multiple")
+    add(name, "channels-3d", {"input": features(shape=(C_PS - 2, H, W)), "boxes": np.zeros((1, 4))},
+        ValueError, r"\binput\b has 10 channels")
+for name in PS_BACKWARD:
+    add(name, "channels-not-multiple", {"input_shape": (N, C_PS + 1, H, W)}, ValueError,
+        r"input_shape has 13 channels.*not a multiple of output_size")
+    add(name, "channels-not-multiple-nhwc",
+        {"input_shape": (N, H, W, 6), "layout": "NHWC"}, ValueError,
+        r"input_shape has 6 channels.*multiple")
+    add(name, "channels-output_size", {"output_size": 3}, ValueError,
+        r"input_shape has 12 channels.*3 \* 3 = 9")
 
 
 # ---- grad_output of the backwards ---------------------------------------------------------------
-for name in BACKWARD:
+for name in BACKWARD + PS_BACKWARD:
     add(name, "grad_output-shape", {"grad_output": grad((N, C, PH + 1, PW))}, ValueError,
         r"grad_output.*shape")
     add(name, "grad_output-K", {"grad_output": grad((N + 1, C, PH, PW))}, ValueError,
@@ -240,7 +304,7 @@ add("roi_align_backward", "max-input-int", {"mode": "max", "input": features(np.
 
 
 # ---- boxes ----------------------------------------------------------------------------------------
-for name in ALL4:
+for name in ALL4 + PS:
     add(name, "boxes-1d", {"boxes": boxes()[0]}, ValueError, r"boxes.*shape")
     add(name, "boxes-3d", {"boxes": boxes()[None]}, ValueError, r"boxes.*shape")
     add(name, "boxes-K4-with-4d-input", {"boxes": boxes()[:, 1:]}, ValueError, r"boxes.*shape")
@@ -280,7 +344,7 @@ for name in ALL4:
 
 
 # ---- output_size ----------------------------------------------------------------------------------
-for name in ALL4 + CLASSES:
+for name in ALL4 + CLASSES + PS + PS_CLASSES:
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("np-float", np.float64(2), TypeError), ("str", "2", TypeError), ("none", None, TypeError),
@@ -292,7 +356,7 @@ for name in ALL4 + CLASSES:
 
 
 # ---- sampling_ratio -------------------------------------------------------------------------------
-for name in ALIGN + ("RoIAlign",):
+for name in ALIGN + ("RoIAlign", "ps_roi_align", "ps_roi_align_backward", "PSRoIAlign"):
     for what, value, exc in [
         ("float", 2.0, TypeError), ("half", 0.5, TypeError), ("str", "2", TypeError),
         ("none", None, TypeError), ("bool", True, TypeError), ("too-big", 2**40, ValueError),
@@ -301,7 +365,7 @@ for name in ALIGN + ("RoIAlign",):
 
 
 # ---- spatial_scale --------------------------------------------------------------------------------
-for name in ALL4 + CLASSES:
+for name in ALL4 + CLASSES + PS + PS_CLASSES:
     for what, value, exc in [
         ("zero", 0.0, ValueError), ("negative", -0.25, ValueError), ("nan", np.nan, ValueError),
         ("inf", np.inf, ValueError), ("neg-inf", -np.inf, ValueError),
@@ -312,7 +376,7 @@ for name in ALL4 + CLASSES:
 
 
 # ---- layout and mode ------------------------------------------------------------------------------
-for name in ALL4 + CLASSES:
+for name in ALL4 + CLASSES + PS + PS_CLASSES:
     for what, value in [("lower", "nchw"), ("chw", "CHW"), ("none", None), ("int", 0)]:
         add(name, f"layout-{what}", {"layout": value}, ValueError, r"layout")
 
@@ -323,7 +387,7 @@ for name in ALIGN + ("RoIAlign",):
 
 
 # ---- out ------------------------------------------------------------------------------------------
-for name in ALL4:
+for name in ALL4 + PS:
     shape = out_shape(name)
     add(name, "out-list", {"out": lambda kw, s=shape: np.zeros(s).tolist()}, TypeError, r"\bout\b")
     add(name, "out-shape", {"out": np.zeros(shape[:-1] + (shape[-1] + 1,), np.float32)},
@@ -359,19 +423,19 @@ def _argmax_in_out(kwargs):
 
 def _foreign_view_of_out(kwargs, name, wrap):
     """An `out`, and `input` (or grad_output) as a non-ndarray object sharing its memory."""
-    if name in FORWARD:
+    if name in FORWARD + PS_FORWARD:
         out = np.zeros(out_shape(name), np.float32)
-        buffer = np.zeros(N * C * H * W, np.float32)
-        kwargs["input"] = wrap(buffer.reshape(N, C, H, W))
+        buffer = np.zeros(int(np.prod(map_shape(name))), np.float32)
+        kwargs["input"] = wrap(buffer.reshape(map_shape(name)))
         return buffer[:out.size].reshape(out.shape)
-    buffer = np.zeros(N * C * H * W, np.float32)
-    key = "grad_output" if name == "roi_align_backward" else "input"
+    buffer = np.zeros(int(np.prod(map_shape(name))), np.float32)
+    key = "grad_output" if name in ("roi_align_backward",) + PS_BACKWARD else "input"
     shape = (N, C, PH, PW) if key == "grad_output" else (N, C, H, W)
     kwargs[key] = wrap(buffer[:int(np.prod(shape))].reshape(shape))
-    return buffer.reshape(N, C, H, W)
+    return buffer.reshape(map_shape(name))
 
 
-for name in ALL4:
+for name in ALL4 + PS:
     for what, wrap in [("memoryview", memoryview), ("array-interface", _ArrayInterface)]:
         add(name, f"out-overlaps-input-{what}",
             {"out": lambda kw, n=name, w=wrap: _foreign_view_of_out(kw, n, w)},
@@ -387,26 +451,26 @@ for name in ALIGN + ("RoIAlign",):
     add(name, "mode-array", {"mode": np.array("avg")}, ValueError, r"mode")
 add("roi_pool", "return_argmax-str", {"return_argmax": "no"}, TypeError, r"return_argmax")
 add("roi_pool", "return_argmax-int", {"return_argmax": 1}, TypeError, r"return_argmax")
-for name in ALL4 + CLASSES:
+for name in ALL4 + CLASSES + PS + PS_CLASSES:
     add(name, "spatial_scale-beyond-float", {"spatial_scale": 10**400}, ValueError,
         r"spatial_scale")
     add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
-for name in ALL4:
+for name in ALL4 + PS:
     add(name, "boxes-ragged-list-item",
         {"boxes": [np.zeros((1, 4)), [[1, 2, 3], [1, 2, 3, 4]]]}, ValueError, r"boxes\[1\]")
     add(name, "boxes-ragged", {"boxes": [[0, 1, 1, 3, 3], [1, 2, 2]]}, ValueError, r"boxes")
 
 
-for name in FORWARD:
+for name in FORWARD + PS_FORWARD:
     add(name, "out-overlaps-boxes", {"out": out_overlapping_boxes}, ValueError,
         r"\bout\b.*overlaps", crash_prone=True)
     add(name, "out-nchw-shape-for-nhwc",
-        {"layout": "NHWC", "input": features(shape=(N, H, W, C)),
+        {"layout": "NHWC", "input": features(shape=(N, H, W, map_shape(name)[1])),
          "out": np.zeros((N, C, PH, PW), np.float32)}, ValueError, r"\bout\b.*shape")
 
 
 # ---- num_threads ----------------------------------------------------------------------------------
-for name in ALL4:
+for name in ALL4 + PS:
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("str", "2", TypeError), ("bool", True, TypeError), ("too-big", 2**40, ValueError),
@@ -435,6 +499,13 @@ add("roi_align_backward", "huge-input_shape",
     {"input_shape": (1, 1, 10**7, 10**7), "grad_output": grad((N, 1, PH, PW)),
      "boxes": np.array([[0, 0, 0, 2, 2], [0, 1, 1, 3, 3.0]])}, MemoryError, r"",
     crash_prone=True)
+
+
+for name in PS_BACKWARD:
+    add(name, "huge-input_shape",
+        {"input_shape": (1, PH * PW, 10**7, 10**7), "grad_output": grad((N, 1, PH, PW)),
+         "boxes": np.array([[0, 0, 0, 2, 2], [0, 1, 1, 3, 3.0]])}, MemoryError, r"",
+        crash_prone=True)
 
 
 add("roi_pool_backward", "huge-input-broadcast",
