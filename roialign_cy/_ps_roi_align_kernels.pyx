@@ -10,7 +10,9 @@
 
 from libc.math cimport frexp
 
-from roialign_cy._channel_blocks cimport BlockItem, block_item
+from libc.string cimport memset
+
+from roialign_cy._channel_blocks cimport BlockItem, block_item, transpose_planes
 from roialign_cy._kernel_call cimport (
     Geometry,
     KernelCall,
@@ -30,13 +32,21 @@ from roialign_cy._sample_table cimport (
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
 
+# The packed backward (backward_packed) keeps a work item's gradient in a buffer of the
+# item's size; beyond this many bytes an item scatters straight into the map instead
+# (backward_share): memory stays bounded on huge maps.
+cdef enum:
+    MAX_PACKED_BYTES = 64 << 20
+
+
 cdef inline bint roi_samples(SampleTable* table, const floating* box, floating spatial_scale,
-                             const Geometry* g, RoIGrid* grid) noexcept nogil:
-    """One RoI's samples (aligned geometry): the axis tables, and the per-sample table of
-    taps when it fits (then table.corner_offsets is set: see bin_sum). False when out of
-    memory."""
+                             const Geometry* g, Py_ssize_t row_stride, Py_ssize_t col_stride,
+                             RoIGrid* grid) noexcept nogil:
+    """One RoI's samples (aligned geometry) on a map with these strides (the features', or a
+    packed buffer's): the axis tables, and the per-sample table of taps when it fits
+    (fits_sample_table). False when out of memory."""
     if not build_axis_tables(table, box, spatial_scale, True, g.pooled_h, g.pooled_w,
-                             g.sampling_ratio, g.height, g.width, g.row_stride, g.col_stride,
+                             g.sampling_ratio, g.height, g.width, row_stride, col_stride,
                              False, grid):
         return False
     if not fits_sample_table(table, g.pooled_h, g.pooled_w):
@@ -127,7 +137,7 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     cdef bint per_sample
     cdef floating count
     if not roi_samples(table, <const floating*>call.boxes + 4 * k,
-                       <floating>call.spatial_scale, g, &grid):
+                       <floating>call.spatial_scale, g, g.row_stride, g.col_stride, &grid):
         return False
     per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
     count = <floating>grid.count
@@ -182,7 +192,7 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
-                           <floating>call.spatial_scale, g, &grid):
+                           <floating>call.spatial_scale, g, g.row_stride, g.col_stride, &grid):
             return False
         per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
         count = <floating>grid.count
@@ -227,6 +237,119 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     return True
 
 
+cdef inline void add_shares(floating* packed_bin, Py_ssize_t n, const floating* grad,
+                            const Py_ssize_t* offsets, const floating* weights,
+                            floating count, floating inverse_count,
+                            floating* share) noexcept nogil:
+    """scatter_taps for one sample on a packed bin (pixel-major, the bin's n output channels
+    contiguous): tap t of channel j gets grad[j] * w_t / count, taps in order. Both loops
+    are contiguous and vectorize (inverse_count as in scatter_taps)."""
+    cdef Py_ssize_t j, t
+    cdef floating w
+    cdef floating* row
+    for t in range(4):
+        w = weights[t]
+        if inverse_count != 0:
+            for j in range(n):
+                share[j] = grad[j] * w * inverse_count
+        else:
+            for j in range(n):
+                share[j] = grad[j] * w / count
+        row = packed_bin + offsets[t]
+        for j in range(n):
+            row[j] += share[j]
+
+
+cdef inline Py_ssize_t packed_width(const Geometry* g, Py_ssize_t block) noexcept nogil:
+    """Output channels per pixel of a packed bin: the most a block of `block` input channels
+    holds of one bin."""
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    return (block + n_bins - 1) // n_bins
+
+
+cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                          const floating* type_tag) noexcept nogil:
+    """backward_share through a packed buffer: per bin b, the (H*W, n) gradient of the
+    block's n output channels whose plane c * PH * PW + b it holds, pixel-major, so that each
+    tap adds n contiguous values (vector loops) instead of touching n planes. Written out
+    once at the end. Every element sums the same contributions in the same order (RoIs
+    ascending, samples, taps) from 0: bit-identical to backward_share, and to torchvision.
+    """
+    cdef const Geometry* g = &call.g
+    cdef SampleTable* table = &scratch.table
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t width = packed_width(g, call.block)
+    cdef Py_ssize_t bin_size = n_pixels * width
+    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef floating* grad = <floating*>scratch.buffers[0]
+    cdef floating* share = grad + width
+    cdef Py_ssize_t c0 = it.first_channel
+    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef Py_ssize_t j, k, c, b, ph, pw, s, iy, ix, first_out, n, pixel
+    cdef Py_ssize_t tap_offsets[4]
+    cdef floating tap_weights[4]
+    cdef RoIGrid grid
+    cdef bint per_sample
+    cdef floating count, inverse_count
+    cdef const floating* grad_bin
+    cdef floating* packed_bin
+    cdef floating* channel
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True  # an image without RoIs keeps its zero gradient
+    memset(packed, 0, n_bins * bin_size * sizeof(floating))
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        # taps as offsets into a packed bin: pixel (y, x) at (y * W + x) * width
+        if not roi_samples(table, <const floating*>call.boxes + 4 * k,
+                           <floating>call.spatial_scale, g, g.width * width, width, &grid):
+            return False
+        per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
+        count = <floating>grid.count
+        inverse_count = exact_inverse(count)
+        for ph in range(g.pooled_h):
+            for pw in range(g.pooled_w):
+                b = ph * g.pooled_w + pw
+                first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
+                n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+                if n <= 0:
+                    continue
+                grad_bin = (<const floating*>call.values + k * g.out_roi_stride
+                            + b * g.out_bin_stride + first_out * g.out_channel_stride)
+                for c in range(n):
+                    grad[c] = grad_bin[c * g.out_channel_stride]
+                packed_bin = packed + b * bin_size
+                if per_sample:
+                    for s in range(table.bin_first[b], table.bin_first[b + 1]):
+                        add_shares(packed_bin, n, grad, &table.corner_offsets[4 * s],
+                                   &(<const floating*>table.corner_weights)[4 * s], count,
+                                   inverse_count, share)
+                    continue
+                for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                    for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                        sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
+                                    tap_offsets, tap_weights)
+                        add_shares(packed_bin, n, grad, tap_offsets, tap_weights, count,
+                                   inverse_count, share)
+    for b in range(n_bins):  # write each bin's planes out
+        first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
+        n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+        if n <= 0:
+            continue
+        channel = grad_image + (first_out * n_bins + b) * g.channel_stride
+        packed_bin = packed + b * bin_size
+        if not g.channels_last:  # n planes, n_bins planes apart: a transpose
+            transpose_planes(channel, n_bins * g.channel_stride, packed_bin, width, n, n_pixels,
+                             False)
+            continue
+        for pixel in range(n_pixels):
+            for c in range(n):
+                channel[pixel * g.col_stride + c * n_bins] = packed_bin[pixel * width + c]
+    return True
+
+
 cdef Geometry ps_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_t pooled_h,
                           Py_ssize_t pooled_w, Py_ssize_t sampling_ratio) noexcept nogil:
     """The Geometry of a map of C = C_out * PH * PW channels and its (K, C_out, PH, PW) or
@@ -248,16 +371,26 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
     cdef Py_ssize_t n_out = g.channels // (g.pooled_h * g.pooled_w)
-    # a sample table, and one bin's output channels: accumulators (forward), or
-    # gradients and shares (backward)
-    cdef ScratchSpec spec = scratch_spec(g.pooled_h, g.pooled_w,
-                                         ((1 + TAP_CHUNK) if backward else 1) * n_out
-                                         * sizeof(floating), 0)
+    cdef size_t packed_bytes = (g.pooled_h * g.pooled_w * g.height * g.width
+                                * packed_width(&g, block) * sizeof(floating))
+    cdef bint packed = backward and packed_bytes <= MAX_PACKED_BYTES
+    cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
+    if not backward:  # a sample table, and accumulators for one bin's output channels
+        spec = scratch_spec(g.pooled_h, g.pooled_w, n_out * sizeof(floating), 0)
+    elif packed:  # ... one bin's gradients and shares, and the item's packed gradient
+        spec = scratch_spec(g.pooled_h, g.pooled_w,
+                            2 * packed_width(&g, block) * sizeof(floating), packed_bytes)
+    else:  # ... one bin's gradients and TAP_CHUNK rows of shares
+        spec = scratch_spec(g.pooled_h, g.pooled_w,
+                            (1 + TAP_CHUNK) * n_out * sizeof(floating), 0)
     with nogil:
         if not backward:
             done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
+                             &spec, n_threads)
+        elif packed:
+            done = run_items(backward_packed[floating], &call, first_item, n_items,
                              &spec, n_threads)
         else:
             done = run_items(backward_share[floating], &call, first_item, n_items,

@@ -298,6 +298,44 @@ def test_huge_boxes_with_adaptive_grid_return(layout):
                                rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("sampling_ratio", [70, 300])
+def test_large_grids(sampling_ratio, layout):
+    """More than 64 samples per bin (bisection for the inside run), and past 2**18 samples
+    per RoI (merged per pixel cell): the adjoint identity holds, and the 70 x 70 grid is the
+    reference's."""
+    rng = np.random.default_rng(sampling_ratio)
+    features = rng.standard_normal((2, 8, 8, 10))
+    boxes = np.array([[0, 1.0, 1.0, 6.0, 5.0], [0, -30.0, -20.0, 5.0, 7.0],
+                      [1, 6.5, 5.0, 2.0, 1.5], [1, 9.0, 2.0, 40.0, 3.0]])
+    kwargs = dict(output_size=(2, 2), spatial_scale=1.0, sampling_ratio=sampling_ratio,
+                  layout=layout)
+    x = to_layout(features, layout)
+    pooled = ps_roi_align(x, boxes, **kwargs)
+    grad = rng.standard_normal(pooled.shape)
+    grad_input = ps_roi_align_backward(grad, boxes, x.shape, **kwargs)
+    magnitude = np.vdot(np.abs(pooled), np.abs(grad))
+    assert abs(np.vdot(pooled, grad) - np.vdot(x, grad_input)) <= 1e-12 * magnitude
+    if sampling_ratio == 70:
+        np.testing.assert_allclose(to_nchw(pooled, layout),
+                                   reference_ps_roi_align(features, boxes, (2, 2), 1.0, 70),
+                                   rtol=0, atol=1e-12)
+
+
+def test_backward_on_a_huge_map_scatters_directly_with_the_same_numbers():
+    """A map whose packed gradient buffer would pass 64 MB takes the direct scatter: the
+    same numbers, bit for bit, as the packed path on a small map with the same boxes."""
+    rng = np.random.default_rng(14)
+    boxes = random_boxes(rng, 1, 20, 24, 1.0, n_boxes=20)
+    boxes[:, 1:] = np.clip(boxes[:, 1:], -3, 17)  # well inside the small map too
+    grad = rng.standard_normal((len(boxes), 1, 2, 2))
+    small = ps_roi_align_backward(grad, boxes, (1, 4, 40, 40), 2, 1.0, 2)
+    huge = ps_roi_align_backward(grad, boxes, (1, 4, 1600, 1500), 2, 1.0, 2)  # 77 MB
+    np.testing.assert_array_equal(huge[:, :, :40, :40], small)
+    assert not huge[:, :, 40:].any() and not huge[:, :, :, 40:].any()
+    assert np.count_nonzero(small) > 100
+
+
 # ---- threads -------------------------------------------------------------------------------------
 
 
