@@ -5,11 +5,12 @@
 # multiple of PH * PW) and hands over private, canonical arrays. Each entry point fills a
 # KernelCall and runs its work items through _work_items.run_items.
 #
-# Each RoI's sample table is built once and serves every output channel: a bin's samples
-# sit at the same pixels in every channel plane, only the plane changes with c.
+# Each RoI's axis tables (_sample_table) are built once and serve every output channel: a
+# bin's samples sit at the same pixels in every channel plane, only the plane changes with
+# c. So the loops run bins, then samples (each sample's 4 taps formed once), then the bin's
+# output channels, innermost: no per-sample table is needed.
 
 from libc.math cimport frexp
-
 from libc.string cimport memset
 
 from roialign_cy._channel_blocks cimport BlockItem, block_item, transpose_planes
@@ -24,8 +25,6 @@ from roialign_cy._sample_table cimport (
     RoIGrid,
     SampleTable,
     build_axis_tables,
-    build_sample_table,
-    fits_sample_table,
     floating,
     sample_taps,
 )
@@ -42,16 +41,19 @@ cdef enum:
 cdef inline bint roi_samples(SampleTable* table, const floating* box, floating spatial_scale,
                              const Geometry* g, Py_ssize_t row_stride, Py_ssize_t col_stride,
                              RoIGrid* grid) noexcept nogil:
-    """One RoI's samples (aligned geometry) on a map with these strides (the features', or a
-    packed buffer's): the axis tables, and the per-sample table of taps when it fits
-    (fits_sample_table). False when out of memory."""
-    if not build_axis_tables(table, box, spatial_scale, True, g.pooled_h, g.pooled_w,
+    """One RoI's axis tables (aligned geometry) on a map with these strides (the features',
+    or a packed buffer's). False when out of memory."""
+    return build_axis_tables(table, box, spatial_scale, True, g.pooled_h, g.pooled_w,
                              g.sampling_ratio, g.height, g.width, row_stride, col_stride,
-                             False, grid):
-        return False
-    if not fits_sample_table(table, g.pooled_h, g.pooled_w):
-        return True
-    return build_sample_table(table, g.pooled_h, g.pooled_w, False, box)
+                             False, grid)
+
+
+cdef inline Py_ssize_t bin_channels(Py_ssize_t b, Py_ssize_t n_bins, Py_ssize_t c0,
+                                    Py_ssize_t c1, Py_ssize_t* first_out) noexcept nogil:
+    """How many output channels c of bin b have their input channel c * n_bins + b in
+    [c0, c1), the first of them in first_out."""
+    first_out[0] = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
+    return ((c1 - b + n_bins - 1) // n_bins if c1 > b else 0) - first_out[0]
 
 
 cdef inline void add_sample(floating* acc, const floating* plane, Py_ssize_t plane_step,
@@ -59,8 +61,8 @@ cdef inline void add_sample(floating* acc, const floating* plane, Py_ssize_t pla
                             const floating* weights) noexcept nogil:
     """acc[c] += the bilinear value of one sample on plane c (plane + c * plane_step), for
     the n output channels of one bin: torchvision's w1*v1 + w2*v2 + w3*v3 + w4*v4, then its
-    out_sum += val. The taps are the same in every plane, so they stay in registers and
-    the channel loop vectorizes (each channel still sums its own samples in order)."""
+    out_sum += val. The taps are the same in every plane, so they stay in registers while
+    the channel loop runs (each channel still sums its own samples in order)."""
     cdef Py_ssize_t c
     cdef Py_ssize_t o1 = offsets[0], o2 = offsets[1], o3 = offsets[2], o4 = offsets[3]
     cdef floating w1 = weights[0], w2 = weights[1], w3 = weights[2], w4 = weights[3]
@@ -70,41 +72,18 @@ cdef inline void add_sample(floating* acc, const floating* plane, Py_ssize_t pla
         acc[c] = acc[c] + (w1 * p[o1] + w2 * p[o2] + w3 * p[o3] + w4 * p[o4])
 
 
-cdef enum:
-    # Taps the backward spreads per pass over a bin's output channels: one sample.
-    TAP_CHUNK = 4
-
-
-cdef inline void scatter_taps(floating* grad_plane, Py_ssize_t plane_step, Py_ssize_t n,
-                              const floating* grad, const Py_ssize_t* offsets,
-                              const floating* weights, Py_ssize_t n_taps, floating count,
-                              floating inverse_count, floating* share) noexcept nogil:
-    """Backward of add_sample for n_taps (<= TAP_CHUNK) consecutive taps of a bin's samples:
-    tap t of plane c (grad_plane + c * plane_step) gets torchvision's
-    grad[c] * w_t / count, taps in order (two may be the same element at a border).
-
-    The shares are formed first, in vector loops over the channels (share: scratch for
-    TAP_CHUNK * n values), then added plane by plane: every element still receives its
-    contributions in torchvision's order. inverse_count: 1 / count when count is a power of
-    two (x * (1 / count) is then x / count, bit for bit, and cheaper), else 0.
-    """
-    cdef Py_ssize_t c, t
-    cdef floating w
-    cdef floating* row
-    cdef floating* p
-    for t in range(n_taps):
-        w = weights[t]
-        row = share + t * n
-        if inverse_count != 0:
-            for c in range(n):
-                row[c] = grad[c] * w * inverse_count
-        else:
-            for c in range(n):
-                row[c] = grad[c] * w / count
-    for c in range(n):
-        p = grad_plane + c * plane_step
-        for t in range(n_taps):
-            p[offsets[t]] += share[t * n + c]
+cdef inline void form_shares(floating* share, Py_ssize_t n, const floating* grad, floating w,
+                             floating count, floating inverse_count) noexcept nogil:
+    """share[c] = torchvision's grad[c] * w / count, in a vector loop. inverse_count:
+    1 / count when count is a power of two (x * (1 / count) is then x / count, bit for bit,
+    and much cheaper), else 0."""
+    cdef Py_ssize_t c
+    if inverse_count != 0:
+        for c in range(n):
+            share[c] = grad[c] * w * inverse_count
+    else:
+        for c in range(n):
+            share[c] = grad[c] * w / count
 
 
 cdef inline floating exact_inverse(floating count) noexcept nogil:
@@ -119,7 +98,8 @@ cdef inline floating exact_inverse(floating count) noexcept nogil:
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
     """Forward, work item k: every bin of every output channel of RoI k. Bins outer, then
-    samples, then the bin's output channels (one plane each, PH * PW planes apart)."""
+    samples in torchvision's order (iy outer, ix inner), then the bin's output channels (one
+    plane each, PH * PW planes apart)."""
     cdef const Geometry* g = &call.g
     cdef SampleTable* table = &scratch.table
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
@@ -128,18 +108,16 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t n_out = g.channels // n_bins
     cdef Py_ssize_t plane_step = n_bins * g.channel_stride  # from c_in to c_in + PH * PW
-    cdef Py_ssize_t ph, pw, b, c, s, iy, ix
-    cdef Py_ssize_t tap_offsets[4]
-    cdef floating tap_weights[4]
+    cdef Py_ssize_t ph, pw, b, c, iy, ix
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
     cdef const floating* plane
     cdef floating* out_bin
     cdef RoIGrid grid
-    cdef bint per_sample
     cdef floating count
     if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                        <floating>call.spatial_scale, g, g.row_stride, g.col_stride, &grid):
         return False
-    per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
     count = <floating>grid.count
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
@@ -147,25 +125,32 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
             plane = image + b * g.channel_stride  # c_in of output channel 0
             for c in range(n_out):
                 acc[c] = 0
-            if per_sample:  # torchvision's order: iy outer, ix inner (build_sample_table's)
-                for s in range(table.bin_first[b], table.bin_first[b + 1]):
-                    add_sample(acc, plane, plane_step, n_out, &table.corner_offsets[4 * s],
-                               &(<const floating*>table.corner_weights)[4 * s])
-            else:  # a grid too big for one table: the same taps, formed on the way
-                for iy in range(table.y_first[ph], table.y_first[ph + 1]):
-                    for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-                        sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
-                                    tap_offsets, tap_weights)
-                        add_sample(acc, plane, plane_step, n_out, tap_offsets, tap_weights)
+            for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+                for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], False, offsets,
+                                weights)
+                    add_sample(acc, plane, plane_step, n_out, offsets, weights)
             out_bin = out_roi + b * g.out_bin_stride
             for c in range(n_out):
                 out_bin[c * g.out_channel_stride] = acc[c] / count
     return True
 
 
+cdef inline void gather_grad(floating* grad, const KernelCall* call, Py_ssize_t k,
+                             Py_ssize_t b, Py_ssize_t first_out, Py_ssize_t n) noexcept nogil:
+    """grad[j] = grad_output of RoI k, output channel first_out + j, bin b, for j < n."""
+    cdef const Geometry* g = &call.g
+    cdef const floating* grad_bin = (<const floating*>call.values + k * g.out_roi_stride
+                                     + b * g.out_bin_stride + first_out * g.out_channel_stride)
+    cdef Py_ssize_t j
+    for j in range(n):
+        grad[j] = grad_bin[j * g.out_channel_stride]
+
+
 cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                          const floating* type_tag) noexcept nogil:
-    """Backward: the gradient of one block of input channels of one image, from all its RoIs.
+    """Backward: the gradient of one block of input channels of one image, from all its RoIs,
+    added straight into the map (for maps too big for backward_packed's buffer).
 
     Input channel c_in takes the gradient of one bin of each RoI only. Items own disjoint
     elements, and each element sums its contributions in torchvision's order (RoIs
@@ -179,85 +164,37 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t plane_step = n_bins * g.channel_stride
     cdef floating* share = grad + g.channels // n_bins
-    cdef Py_ssize_t c0 = it.first_channel
-    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
-    cdef Py_ssize_t j, k, c, b, ph, pw, iy, ix, first_out, n, first, last, n_taps
-    cdef Py_ssize_t chunk_offsets[TAP_CHUNK]
-    cdef floating chunk_weights[TAP_CHUNK]
+    cdef Py_ssize_t j, k, c, b, ph, pw, iy, ix, t, first_out, n
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
     cdef RoIGrid grid
-    cdef bint per_sample
     cdef floating count, inverse_count
-    cdef const floating* grad_bin
     cdef floating* grad_plane
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, g.row_stride, g.col_stride, &grid):
             return False
-        per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
         count = <floating>grid.count
         inverse_count = exact_inverse(count)
         for ph in range(g.pooled_h):
             for pw in range(g.pooled_w):
                 b = ph * g.pooled_w + pw
-                # The output channels whose plane c * PH * PW + b lies in [c0, c1).
-                first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
-                n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+                n = bin_channels(b, n_bins, it.first_channel,
+                                 it.first_channel + it.n_channels, &first_out)
                 if n <= 0:
                     continue
-                grad_bin = (<const floating*>call.values + k * g.out_roi_stride
-                            + b * g.out_bin_stride + first_out * g.out_channel_stride)
-                for c in range(n):
-                    grad[c] = grad_bin[c * g.out_channel_stride]
+                gather_grad(grad, call, k, b, first_out, n)
                 grad_plane = grad_image + (first_out * n_bins + b) * g.channel_stride
-                if per_sample:  # the bin's taps are contiguous: TAP_CHUNK at a time
-                    first = 4 * table.bin_first[b]
-                    last = 4 * table.bin_first[b + 1]
-                    while first < last:
-                        n_taps = last - first if last - first < TAP_CHUNK else TAP_CHUNK
-                        scatter_taps(grad_plane, plane_step, n, grad,
-                                     &table.corner_offsets[first],
-                                     &(<const floating*>table.corner_weights)[first], n_taps,
-                                     count, inverse_count, share)
-                        first += n_taps
-                    continue
-                n_taps = 0  # a grid too big for one table: the taps formed on the way
                 for iy in range(table.y_first[ph], table.y_first[ph + 1]):
                     for ix in range(table.x_first[pw], table.x_first[pw + 1]):
                         sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
-                                    &chunk_offsets[n_taps], &chunk_weights[n_taps])
-                        n_taps += 4
-                        if n_taps == TAP_CHUNK:
-                            scatter_taps(grad_plane, plane_step, n, grad, chunk_offsets,
-                                         chunk_weights, n_taps, count, inverse_count, share)
-                            n_taps = 0
-                if n_taps > 0:
-                    scatter_taps(grad_plane, plane_step, n, grad, chunk_offsets, chunk_weights,
-                                 n_taps, count, inverse_count, share)
+                                    offsets, weights)
+                        for t in range(4):  # tap by tap: two may be one element (borders)
+                            form_shares(share, n, grad, weights[t], count, inverse_count)
+                            for c in range(n):
+                                grad_plane[c * plane_step + offsets[t]] += share[c]
     return True
-
-
-cdef inline void add_shares(floating* packed_bin, Py_ssize_t n, const floating* grad,
-                            const Py_ssize_t* offsets, const floating* weights,
-                            floating count, floating inverse_count,
-                            floating* share) noexcept nogil:
-    """scatter_taps for one sample on a packed bin (pixel-major, the bin's n output channels
-    contiguous): tap t of channel j gets grad[j] * w_t / count, taps in order. Both loops
-    are contiguous and vectorize (inverse_count as in scatter_taps)."""
-    cdef Py_ssize_t j, t
-    cdef floating w
-    cdef floating* row
-    for t in range(4):
-        w = weights[t]
-        if inverse_count != 0:
-            for j in range(n):
-                share[j] = grad[j] * w * inverse_count
-        else:
-            for j in range(n):
-                share[j] = grad[j] * w / count
-        row = packed_bin + offsets[t]
-        for j in range(n):
-            row[j] += share[j]
 
 
 cdef inline Py_ssize_t packed_width(const Geometry* g, Py_ssize_t block) noexcept nogil:
@@ -269,11 +206,12 @@ cdef inline Py_ssize_t packed_width(const Geometry* g, Py_ssize_t block) noexcep
 
 cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                           const floating* type_tag) noexcept nogil:
-    """backward_share through a packed buffer: per bin b, the (H*W, n) gradient of the
-    block's n output channels whose plane c * PH * PW + b it holds, pixel-major, so that each
-    tap adds n contiguous values (vector loops) instead of touching n planes. Written out
-    once at the end. Every element sums the same contributions in the same order (RoIs
-    ascending, samples, taps) from 0: bit-identical to backward_share, and to torchvision.
+    """backward_share through a packed buffer: per bin b, the (H*W, width) gradient of the
+    block's output channels whose plane c * PH * PW + b it holds, pixel-major, so that each
+    tap adds one contiguous run of values (vector loops) instead of touching a value in each
+    of n planes. Written out once at the end. Every element sums the same contributions in
+    the same order (RoIs ascending, samples, taps) from 0: bit-identical to backward_share,
+    and to torchvision.
     """
     cdef const Geometry* g = &call.g
     cdef SampleTable* table = &scratch.table
@@ -288,14 +226,13 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     cdef floating* share = grad + width
     cdef Py_ssize_t c0 = it.first_channel
     cdef Py_ssize_t c1 = it.first_channel + it.n_channels
-    cdef Py_ssize_t j, k, c, b, ph, pw, s, iy, ix, first_out, n, pixel
-    cdef Py_ssize_t tap_offsets[4]
-    cdef floating tap_weights[4]
+    cdef Py_ssize_t j, k, c, b, ph, pw, iy, ix, t, first_out, n, pixel
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
     cdef RoIGrid grid
-    cdef bint per_sample
     cdef floating count, inverse_count
-    cdef const floating* grad_bin
     cdef floating* packed_bin
+    cdef floating* row
     cdef floating* channel
     if call.image_first[it.image] == call.image_first[it.image + 1]:
         return True  # an image without RoIs keeps its zero gradient
@@ -306,36 +243,27 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, g.width * width, width, &grid):
             return False
-        per_sample = fits_sample_table(table, g.pooled_h, g.pooled_w)
         count = <floating>grid.count
         inverse_count = exact_inverse(count)
         for ph in range(g.pooled_h):
             for pw in range(g.pooled_w):
                 b = ph * g.pooled_w + pw
-                first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
-                n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+                n = bin_channels(b, n_bins, c0, c1, &first_out)
                 if n <= 0:
                     continue
-                grad_bin = (<const floating*>call.values + k * g.out_roi_stride
-                            + b * g.out_bin_stride + first_out * g.out_channel_stride)
-                for c in range(n):
-                    grad[c] = grad_bin[c * g.out_channel_stride]
+                gather_grad(grad, call, k, b, first_out, n)
                 packed_bin = packed + b * bin_size
-                if per_sample:
-                    for s in range(table.bin_first[b], table.bin_first[b + 1]):
-                        add_shares(packed_bin, n, grad, &table.corner_offsets[4 * s],
-                                   &(<const floating*>table.corner_weights)[4 * s], count,
-                                   inverse_count, share)
-                    continue
                 for iy in range(table.y_first[ph], table.y_first[ph + 1]):
                     for ix in range(table.x_first[pw], table.x_first[pw + 1]):
                         sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
-                                    tap_offsets, tap_weights)
-                        add_shares(packed_bin, n, grad, tap_offsets, tap_weights, count,
-                                   inverse_count, share)
+                                    offsets, weights)
+                        for t in range(4):  # tap by tap: two may be one pixel (borders)
+                            form_shares(share, n, grad, weights[t], count, inverse_count)
+                            row = packed_bin + offsets[t]
+                            for c in range(n):
+                                row[c] += share[c]
     for b in range(n_bins):  # write each bin's planes out
-        first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
-        n = (c1 - b + n_bins - 1) // n_bins - first_out if c1 > b else 0
+        n = bin_channels(b, n_bins, c0, c1, &first_out)
         if n <= 0:
             continue
         channel = grad_image + (first_out * n_bins + b) * g.channel_stride
@@ -382,9 +310,8 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     elif packed:  # ... one bin's gradients and shares, and the item's packed gradient
         spec = scratch_spec(g.pooled_h, g.pooled_w,
                             2 * packed_width(&g, block) * sizeof(floating), packed_bytes)
-    else:  # ... one bin's gradients and TAP_CHUNK rows of shares
-        spec = scratch_spec(g.pooled_h, g.pooled_w,
-                            (1 + TAP_CHUNK) * n_out * sizeof(floating), 0)
+    else:  # ... one bin's gradients and shares
+        spec = scratch_spec(g.pooled_h, g.pooled_w, 2 * n_out * sizeof(floating), 0)
     with nogil:
         if not backward:
             done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
