@@ -305,7 +305,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
-    if not backward:  # a sample table, and accumulators for one bin's output channels
+    if not backward:  # axis tables, and accumulators for one bin's output channels
         spec = scratch_spec(g.pooled_h, g.pooled_w, n_out * sizeof(floating), 0)
     elif packed:  # ... one bin's gradients and shares, and the item's packed gradient
         spec = scratch_spec(g.pooled_h, g.pooled_w,
