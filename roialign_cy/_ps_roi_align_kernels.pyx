@@ -262,19 +262,21 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
                             row = packed_bin + offsets[t]
                             for c in range(n):
                                 row[c] += share[c]
-    for b in range(n_bins):  # write each bin's planes out
-        n = bin_channels(b, n_bins, c0, c1, &first_out)
-        if n <= 0:
-            continue
-        channel = grad_image + (first_out * n_bins + b) * g.channel_stride
-        packed_bin = packed + b * bin_size
-        if not g.channels_last:  # n planes, n_bins planes apart: a transpose
-            transpose_planes(channel, n_bins * g.channel_stride, packed_bin, width, n, n_pixels,
-                             False)
-            continue
+    if g.channels_last:  # pixel by pixel, so that each pixel's channels are written at once
         for pixel in range(n_pixels):
-            for c in range(n):
-                channel[pixel * g.col_stride + c * n_bins] = packed_bin[pixel * width + c]
+            for b in range(n_bins):
+                n = bin_channels(b, n_bins, c0, c1, &first_out)
+                channel = grad_image + pixel * g.col_stride + first_out * n_bins + b
+                row = packed + b * bin_size + pixel * width
+                for c in range(n):
+                    channel[c * n_bins] = row[c]
+        return True
+    for b in range(n_bins):  # channels-first: each bin's n planes, n_bins planes apart
+        n = bin_channels(b, n_bins, c0, c1, &first_out)
+        if n > 0:
+            transpose_planes(grad_image + (first_out * n_bins + b) * g.channel_stride,
+                             n_bins * g.channel_stride, packed + b * bin_size, width, n,
+                             n_pixels, False)
     return True
 
 

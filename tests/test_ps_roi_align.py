@@ -360,6 +360,22 @@ def test_backward_is_bit_identical_for_any_thread_count(layout):
         np.testing.assert_array_equal(result, forwards[0])
 
 
+@pytest.mark.parametrize("block", [1, 5, 13])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_channel_blocks_that_split_bins(layout, block, monkeypatch):
+    """Work items of `block` input channels (boundaries that fall inside a group of PH * PW
+    bins, as a thread team may cut them) give the same gradient, bit for bit."""
+    rng = np.random.default_rng([15, block])
+    size, c_out = (3, 3), 4
+    features, boxes = random_case(rng, size, c_out, 0.5, n_images=2, n_boxes=20)
+    features = to_layout(features, layout)
+    grad = rng.standard_normal(pooled_shape(len(boxes), c_out, size, layout))
+    expected = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2, layout=layout)
+    monkeypatch.setattr(_plan, "channel_share", lambda n_threads, n_images, channels: block)
+    got = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2, layout=layout)
+    np.testing.assert_array_equal(got, expected)
+
+
 # ---- PSRoIAlign ----------------------------------------------------------------------------------
 
 

@@ -266,6 +266,20 @@ def test_threads_give_bit_identical_results(layout):
                                  num_threads=1))
 
 
+@pytest.mark.parametrize("block", [1, 5])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_backward_channel_blocks_that_split_bins(layout, block, monkeypatch):
+    """Work items of `block` input channels give the same gradient, bit for bit."""
+    rng = np.random.default_rng([15, block])
+    features, boxes = random_case(rng, (2, 3), 3, 0.5, n_images=2, n_boxes=20)
+    features = to_layout(features, layout)
+    grad = rng.standard_normal((len(boxes), 3, 2, 3) if layout == "NCHW" else (len(boxes), 2, 3, 3))
+    expected = ps_roi_pool_backward(grad, boxes, features.shape, (2, 3), 0.5, layout=layout)
+    monkeypatch.setattr(_plan, "channel_share", lambda n_threads, n_images, channels: block)
+    got = ps_roi_pool_backward(grad, boxes, features.shape, (2, 3), 0.5, layout=layout)
+    np.testing.assert_array_equal(got, expected)
+
+
 # ---- PSRoIPool -------------------------------------------------------------------------------------
 
 
