@@ -4,6 +4,11 @@ adjoint identity, both layouts, dtypes, strides and byte order, out=, no boxes, 
 determinism of the backward, and the class (repr, equality, pickle, parameters)."""
 
 import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from golden_ps import case_names, load_case, load_meta
 from reference import reference_ps_roi_align
 from roi_inputs import random_boxes, to_layout, to_nchw
+from test_limits import UNDER_ASAN, _child
 
 from roialign_cy import (PSRoIAlign, PSRoIPool, _plan, _runtime, ps_roi_align,
                          ps_roi_align_backward)
@@ -443,3 +449,69 @@ def test_invalid_parameters_rejected_at_construction(kwargs, error, match):
 def test_layout_is_keyword_only():
     with pytest.raises(TypeError):
         PSRoIAlign(2, 1.0, -1, "NHWC")
+
+
+# ---- limits: huge grids in bounded memory and time; Ctrl-C -------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is Linux's")
+def test_huge_sampling_ratios_fit_in_1_gib():
+    """sampling_ratio 3000 / 10**9 and a huge box with the adaptive grid, both layouts,
+    forward and backward: each under a second in a child limited to 1 GiB."""
+    out = _child(f"""
+        import time
+        import numpy as np
+        from roialign_cy import ps_roi_align, ps_roi_align_backward
+        x = np.random.default_rng(0).random((1, 2 * 49, 32, 32), dtype=np.float32)
+        boxes = np.array([[0, 1, 1, 20, 20], [0, -1e7, -1e7, 1e7, 1e7]], np.float32)
+        for layout in ("NCHW", "NHWC"):
+            xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            for sr in (3000, 10**9, -1):
+                start = time.perf_counter()
+                pooled = ps_roi_align(xl, boxes, 7, sampling_ratio=sr, layout=layout)
+                grad = ps_roi_align_backward(np.ones_like(pooled), boxes, xl.shape, 7,
+                                             sampling_ratio=sr, layout=layout)
+                seconds = time.perf_counter() - start
+                assert np.isfinite(pooled).all() and np.isfinite(grad).all()
+                assert seconds < 1.0 or {UNDER_ASAN}, (layout, sr, seconds)
+        print("ok")
+    """, limit_gib=1)
+    assert out.strip() == "ok"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child needs POSIX signals")
+def test_sigint_interrupts_a_long_call():
+    """Ctrl-C during a forward of several seconds: KeyboardInterrupt within a second (work
+    items are RoIs, run in time slices), and the interpreter still works."""
+    code = textwrap.dedent("""
+        import signal, time
+        import numpy as np
+        from roialign_cy import ps_roi_align
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        rng = np.random.default_rng(0)
+        x = rng.random((2, 16 * 49, 60, 60), dtype=np.float32)
+        boxes = np.column_stack([rng.integers(0, 2, 4000), rng.uniform(0, 30, (4000, 2)),
+                                 rng.uniform(30, 60, (4000, 2))])
+        print("start", flush=True)
+        try:
+            ps_roi_align(x, boxes, 7, sampling_ratio=24, num_threads=1)
+            print("finished", flush=True)
+        except KeyboardInterrupt:
+            print("interrupted", time.monotonic(), flush=True)
+            small = ps_roi_align(np.ones((1, 1, 4, 4), np.float32), np.array([[0, 0, 0, 3, 3.0]]), 1)
+            print("healthy", float(small.ravel()[0]), flush=True)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "start"
+        time.sleep(1.0)
+        sent = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        lines = child.stdout.read().split("\n")
+        child.wait(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert lines[0].startswith("interrupted"), lines
+    assert float(lines[0].split()[1]) - sent < 1.0 or UNDER_ASAN
+    assert lines[1] == "healthy 1.0"
