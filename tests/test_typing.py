@@ -35,8 +35,9 @@ import numpy as np
 import numpy.typing as npt
 
 import roialign_cy
-from roialign_cy import (RoIAlign, RoIPool, roi_align, roi_align_backward, roi_pool,
-                         roi_pool_backward)
+from roialign_cy import (PSRoIAlign, PSRoIPool, RoIAlign, RoIPool, ps_roi_align,
+                         ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward, roi_align,
+                         roi_align_backward, roi_pool, roi_pool_backward)
 
 Pooled = npt.NDArray[Any]
 ArgMax = npt.NDArray[np.int32]
@@ -92,9 +93,23 @@ openmp: bool = config["openmp"]
 version: str = roialign_cy.__version__
 simd: str = config["simd"]
 
+score_maps = np.random.rand(2, 2 * 7 * 7, 20, 30).astype(np.float32)  # position-sensitive
+ps_pooled: Pooled = ps_roi_align(score_maps, boxes, 7, 1 / 4, 2, layout="NCHW")
+ps_grad: Pooled = ps_roi_align_backward(ps_pooled, boxes, score_maps.shape, 7, 1 / 4, 2)
+ps_maxed: Pooled = ps_roi_pool(score_maps, per_image, np.int64(7), np.float32(0.25))
+ps_grad = ps_roi_pool_backward(ps_maxed, boxes, score_maps.shape, (7, 7), 1 / 4,
+                               num_threads=2)
+rfcn = PSRoIAlign(7, spatial_scale=1 / 4, sampling_ratio=2)
+ps_pooled = rfcn(score_maps, boxes)
+ps_grad = rfcn.backward(ps_pooled, boxes, score_maps.shape)
+ps_pool = PSRoIPool((7, 7), 1 / 4, layout="NCHW")
+ps_grad = ps_pool.backward(ps_pool(score_maps, boxes), boxes, score_maps.shape)
+ps_size: Tuple[int, int] = rfcn.output_size
+
 assert same and isinstance(pair, tuple) and pair[1].dtype == np.dtype(np.int32)
 assert config["version"] == version and simd in ("avx2", "baseline")
 assert isinstance(pool_maybe_argmax(True), tuple) and scalars.shape == (2, 8, 7, 7)
+assert ps_pooled.shape == (2, 2, 7, 7) and ps_grad.shape == score_maps.shape
 '''
 
 ASSERT_TYPES = '''
