@@ -68,52 +68,68 @@ cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_
     axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
 
 
-cdef inline floating bin_mean(const floating* plane, const Geometry* g, Py_ssize_t y0,
-                              Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1) noexcept nogil:
-    """The mean of plane over rows [y0, y1) and columns [x0, x1) (not empty), summed in
-    torchvision's order (rows outer) and divided by the element count in type T."""
-    cdef Py_ssize_t y, x
-    cdef floating acc = 0
-    cdef const floating* row
+cdef inline void bin_means(floating* out_bin, Py_ssize_t out_step, const floating* plane,
+                           Py_ssize_t plane_step, Py_ssize_t n, const Geometry* g,
+                           Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1,
+                           floating* acc) noexcept nogil:
+    """out_bin[c * out_step] = the mean of plane c (plane + c * plane_step) over rows
+    [y0, y1) and columns [x0, x1) (not empty), for the n output channels of one bin: each
+    summed in torchvision's order (rows outer) and divided by the element count in type T.
+    Channels innermost, so each element's offset is computed once for all of them (acc:
+    scratch for n values)."""
+    cdef Py_ssize_t y, x, c, at
+    cdef floating area = <floating>((y1 - y0) * (x1 - x0))
+    for c in range(n):
+        acc[c] = 0
     for y in range(y0, y1):
-        row = plane + y * g.row_stride
         for x in range(x0, x1):
-            acc = acc + row[x * g.col_stride]
-    return acc / <floating>((y1 - y0) * (x1 - x0))
+            at = y * g.row_stride + x * g.col_stride
+            for c in range(n):
+                acc[c] = acc[c] + plane[c * plane_step + at]
+    for c in range(n):
+        out_bin[c * out_step] = acc[c] / area
 
 
-cdef inline void bin_spread(floating* grad_plane, const Geometry* g, Py_ssize_t y0,
-                            Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1,
-                            floating grad) noexcept nogil:
-    """Backward of bin_mean: grad / count added to every element of the bin."""
-    cdef Py_ssize_t y, x
-    cdef floating share = grad / <floating>((y1 - y0) * (x1 - x0))
-    cdef floating* row
+cdef inline void bin_spread(floating* grad_plane, Py_ssize_t plane_step, Py_ssize_t n,
+                            const floating* grad, Py_ssize_t grad_step, const Geometry* g,
+                            Py_ssize_t y0, Py_ssize_t y1, Py_ssize_t x0, Py_ssize_t x1,
+                            floating* share) noexcept nogil:
+    """Backward of bin_means: torchvision's grad / count added to every element of the bin,
+    in each of the n planes (share: scratch for n values)."""
+    cdef Py_ssize_t y, x, c, at
+    cdef floating area = <floating>((y1 - y0) * (x1 - x0))
+    for c in range(n):
+        share[c] = grad[c * grad_step] / area
     for y in range(y0, y1):
-        row = grad_plane + y * g.row_stride
         for x in range(x0, x1):
-            row[x * g.col_stride] += share
+            at = y * g.row_stride + x * g.col_stride
+            for c in range(n):
+                grad_plane[c * plane_step + at] += share[c]
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every bin of every output channel of RoI k."""
+    """Forward, work item k: every bin of every output channel of RoI k (bins outer, the
+    bin's output channels innermost)."""
     cdef const Geometry* g = &call.g
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef floating* acc = <floating*>scratch.buffers[1]
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
     cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_out = g.channels // n_bins
     cdef Py_ssize_t ph, pw, b, c
-    cdef bint empty
     roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             b = ph * g.pooled_w + pw
-            empty = bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]
-            for c in range(g.channels // n_bins):
-                out_roi[c * g.out_channel_stride + b * g.out_bin_stride] = 0 if empty else (
-                    bin_mean(image + (c * n_bins + b) * g.channel_stride, g, bins.y_start[ph],
-                             bins.y_end[ph], bins.x_start[pw], bins.x_end[pw]))
+            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                for c in range(n_out):  # an empty bin
+                    out_roi[c * g.out_channel_stride + b * g.out_bin_stride] = 0
+                continue
+            bin_means(out_roi + b * g.out_bin_stride, g.out_channel_stride,
+                      image + b * g.channel_stride, n_bins * g.channel_stride, n_out, g,
+                      bins.y_start[ph], bins.y_end[ph], bins.x_start[pw], bins.x_end[pw], acc)
     return True
 
 
@@ -125,23 +141,32 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
+    cdef floating* share = <floating*>scratch.buffers[1]
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef Py_ssize_t j, k, c, b, ph, pw
+    cdef Py_ssize_t c0 = it.first_channel
+    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef Py_ssize_t j, k, b, ph, pw, first_out, n
     cdef const floating* grad_roi
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
         roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
         grad_roi = <const floating*>call.values + k * g.out_roi_stride
-        for c in range(it.first_channel, it.first_channel + it.n_channels):
-            b = c % n_bins
-            ph = b // g.pooled_w
-            pw = b % g.pooled_w
-            if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
-                continue  # an empty bin sends no gradient
-            bin_spread(grad_image + c * g.channel_stride, g, bins.y_start[ph], bins.y_end[ph],
-                       bins.x_start[pw], bins.x_end[pw],
-                       grad_roi[(c // n_bins) * g.out_channel_stride + b * g.out_bin_stride])
+        for ph in range(g.pooled_h):
+            for pw in range(g.pooled_w):
+                if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
+                    continue  # an empty bin sends no gradient
+                b = ph * g.pooled_w + pw
+                # the output channels c whose plane c * PH * PW + b lies in [c0, c1)
+                first_out = (c0 - b + n_bins - 1) // n_bins if c0 > b else 0
+                n = ((c1 - b + n_bins - 1) // n_bins if c1 > b else 0) - first_out
+                if n <= 0:
+                    continue
+                bin_spread(grad_image + (first_out * n_bins + b) * g.channel_stride,
+                           n_bins * g.channel_stride, n,
+                           grad_roi + first_out * g.out_channel_stride + b * g.out_bin_stride,
+                           g.out_channel_stride, g, bins.y_start[ph], bins.y_end[ph],
+                           bins.x_start[pw], bins.x_end[pw], share)
     return True
 
 
@@ -164,8 +189,10 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
+    # the bins' ranges, and one bin's output channels (sums, or shares of the gradient)
     cdef ScratchSpec spec = scratch_spec(0, 0, 2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t),
-                                         0)
+                                         g.channels // (g.pooled_h * g.pooled_w)
+                                         * sizeof(floating))
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
     with nogil:
