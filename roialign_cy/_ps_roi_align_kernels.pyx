@@ -11,7 +11,7 @@
 # output channels, innermost: no per-sample table is needed.
 
 from libc.math cimport frexp
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from roialign_cy._channel_blocks cimport BlockItem, block_item, transpose_planes
 from roialign_cy._kernel_call cimport (
@@ -22,6 +22,7 @@ from roialign_cy._kernel_call cimport (
     n_block_items,
 )
 from roialign_cy._sample_table cimport (
+    AxisSample,
     RoIGrid,
     SampleTable,
     build_axis_tables,
@@ -31,11 +32,15 @@ from roialign_cy._sample_table cimport (
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
 
-# The packed backward (backward_packed) keeps a work item's gradient in a buffer of the
-# item's size; beyond this many bytes an item scatters straight into the map instead
-# (backward_share): memory stays bounded on huge maps.
+# The packed backward (backward_packed) accumulates a group of bins at a time in a buffer of
+# about GROUP_BYTES (a core's share of the caches), and keeps the axis tables of the image's
+# RoIs in a cache of ROI_CACHE_BYTES (only the part used is touched). An image whose RoIs'
+# tables do not fit it, or a map so big that one bin's buffer passes MAX_GROUP_BYTES, takes
+# backward_share instead. Memory stays bounded whatever the map and the boxes.
 cdef enum:
-    MAX_PACKED_BYTES = 64 << 20
+    GROUP_BYTES = 1 << 20
+    MAX_GROUP_BYTES = 16 << 20
+    ROI_CACHE_BYTES = 16 << 20
 
 
 cdef inline bint roi_samples(SampleTable* table, const floating* box, floating spatial_scale,
@@ -204,14 +209,47 @@ cdef inline Py_ssize_t packed_width(const Geometry* g, Py_ssize_t block) noexcep
     return (block + n_bins - 1) // n_bins
 
 
+cdef inline Py_ssize_t group_bins(const Geometry* g, Py_ssize_t block,
+                                  Py_ssize_t itemsize) noexcept nogil:
+    """Bins per packed group: as many as fit GROUP_BYTES (at least one)."""
+    cdef Py_ssize_t bin_bytes = g.height * g.width * packed_width(g, block) * itemsize
+    cdef Py_ssize_t n = GROUP_BYTES // bin_bytes if bin_bytes > 0 else 1
+    return n if n > 1 else 1
+
+
+cdef inline char* cache_roi(char* cache, char* cache_end, const SampleTable* table,
+                            const Geometry* g, floating count) noexcept nogil:
+    """Append one RoI's axis tables to the RoI cache: count, y_first (PH + 1), x_first
+    (PW + 1), then its y and x samples. The end of the record, NULL when it does not fit."""
+    cdef Py_ssize_t n_y = table.y_first[g.pooled_h]
+    cdef Py_ssize_t n_x = table.x_first[g.pooled_w]
+    cdef size_t n_bytes = (sizeof(double) + (g.pooled_h + g.pooled_w + 2) * sizeof(Py_ssize_t)
+                           + (n_y + n_x) * sizeof(AxisSample))
+    if <size_t>(cache_end - cache) < n_bytes:
+        return NULL
+    (<double*>cache)[0] = count
+    cache += sizeof(double)
+    memcpy(cache, table.y_first, (g.pooled_h + 1) * sizeof(Py_ssize_t))
+    cache += (g.pooled_h + 1) * sizeof(Py_ssize_t)
+    memcpy(cache, table.x_first, (g.pooled_w + 1) * sizeof(Py_ssize_t))
+    cache += (g.pooled_w + 1) * sizeof(Py_ssize_t)
+    memcpy(cache, table.y_samples, n_y * sizeof(AxisSample))
+    cache += n_y * sizeof(AxisSample)
+    memcpy(cache, table.x_samples, n_x * sizeof(AxisSample))
+    return cache + n_x * sizeof(AxisSample)
+
+
 cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                           const floating* type_tag) noexcept nogil:
-    """backward_share through a packed buffer: per bin b, the (H*W, width) gradient of the
-    block's output channels whose plane c * PH * PW + b it holds, pixel-major, so that each
-    tap adds one contiguous run of values (vector loops) instead of touching a value in each
-    of n planes. Written out once at the end. Every element sums the same contributions in
-    the same order (RoIs ascending, samples, taps) from 0: bit-identical to backward_share,
-    and to torchvision.
+    """backward_share through small packed buffers: bins are taken a group at a time (a
+    cache-sized buffer); for bin b the buffer holds the (H*W, width) gradient of the block's
+    output channels whose plane c * PH * PW + b the item owns, pixel-major, so that each tap
+    adds one contiguous run of values (vector loops) instead of touching a value in each of
+    n planes. Each group is written out once, after all the image's RoIs. The RoIs' axis
+    tables are built once, into a RoI cache, and reread by every group; when they do not fit
+    it (huge grids), the item runs as backward_share. Every element sums the same
+    contributions in the same order (RoIs ascending, samples, taps) from 0: bit-identical to
+    backward_share, and to torchvision.
     """
     cdef const Geometry* g = &call.g
     cdef SampleTable* table = &scratch.table
@@ -221,62 +259,85 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t width = packed_width(g, call.block)
     cdef Py_ssize_t bin_size = n_pixels * width
-    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef Py_ssize_t per_group = group_bins(g, call.block, sizeof(floating))
     cdef floating* grad = <floating*>scratch.buffers[0]
     cdef floating* share = grad + width
+    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef char* cache = <char*>scratch.buffers[2]
+    cdef char* cache_end = cache + ROI_CACHE_BYTES
+    cdef char* record
     cdef Py_ssize_t c0 = it.first_channel
     cdef Py_ssize_t c1 = it.first_channel + it.n_channels
-    cdef Py_ssize_t j, k, c, b, ph, pw, iy, ix, t, first_out, n, pixel
+    cdef Py_ssize_t j, k, c, b, b0, b1, ph, pw, iy, ix, t, first_out, n, pixel
     cdef Py_ssize_t offsets[4]
     cdef floating weights[4]
     cdef RoIGrid grid
     cdef floating count, inverse_count
+    cdef const Py_ssize_t* y_first
+    cdef const Py_ssize_t* x_first
+    cdef const AxisSample* y_samples
+    cdef const AxisSample* x_samples
     cdef floating* packed_bin
     cdef floating* row
     cdef floating* channel
     if call.image_first[it.image] == call.image_first[it.image + 1]:
         return True  # an image without RoIs keeps its zero gradient
-    memset(packed, 0, n_bins * bin_size * sizeof(floating))
+    record = cache
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
         # taps as offsets into a packed bin: pixel (y, x) at (y * W + x) * width
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, g.width * width, width, &grid):
             return False
-        count = <floating>grid.count
-        inverse_count = exact_inverse(count)
-        for ph in range(g.pooled_h):
-            for pw in range(g.pooled_w):
-                b = ph * g.pooled_w + pw
+        record = cache_roi(record, cache_end, table, g, <floating>grid.count)
+        if record == NULL:  # the RoIs' tables do not fit the cache
+            return backward_share(call, scratch, item, type_tag)
+    b1 = 0
+    while b1 < n_bins:  # bins [b0, b1): one group
+        b0 = b1
+        b1 = b0 + per_group if b0 + per_group < n_bins else n_bins
+        memset(packed, 0, (b1 - b0) * bin_size * sizeof(floating))
+        record = cache
+        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+            k = call.roi_order[j]
+            count = <floating>(<double*>record)[0]
+            inverse_count = exact_inverse(count)
+            y_first = <const Py_ssize_t*>(record + sizeof(double))
+            x_first = y_first + g.pooled_h + 1
+            y_samples = <const AxisSample*>(x_first + g.pooled_w + 1)
+            x_samples = y_samples + y_first[g.pooled_h]
+            record = <char*>(x_samples + x_first[g.pooled_w])
+            for b in range(b0, b1):
                 n = bin_channels(b, n_bins, c0, c1, &first_out)
                 if n <= 0:
                     continue
+                ph = b // g.pooled_w
+                pw = b % g.pooled_w
                 gather_grad(grad, call, k, b, first_out, n)
-                packed_bin = packed + b * bin_size
-                for iy in range(table.y_first[ph], table.y_first[ph + 1]):
-                    for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-                        sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
-                                    offsets, weights)
+                packed_bin = packed + (b - b0) * bin_size
+                for iy in range(y_first[ph], y_first[ph + 1]):
+                    for ix in range(x_first[pw], x_first[pw + 1]):
+                        sample_taps(&y_samples[iy], &x_samples[ix], False, offsets, weights)
                         for t in range(4):  # tap by tap: two may be one pixel (borders)
                             form_shares(share, n, grad, weights[t], count, inverse_count)
                             row = packed_bin + offsets[t]
                             for c in range(n):
                                 row[c] += share[c]
-    if g.channels_last:  # pixel by pixel, so that each pixel's channels are written at once
-        for pixel in range(n_pixels):
-            for b in range(n_bins):
-                n = bin_channels(b, n_bins, c0, c1, &first_out)
-                channel = grad_image + pixel * g.col_stride + first_out * n_bins + b
-                row = packed + b * bin_size + pixel * width
-                for c in range(n):
-                    channel[c * n_bins] = row[c]
-        return True
-    for b in range(n_bins):  # channels-first: each bin's n planes, n_bins planes apart
-        n = bin_channels(b, n_bins, c0, c1, &first_out)
-        if n > 0:
-            transpose_planes(grad_image + (first_out * n_bins + b) * g.channel_stride,
-                             n_bins * g.channel_stride, packed + b * bin_size, width, n,
-                             n_pixels, False)
+        if g.channels_last:  # pixel by pixel: each pixel's channels of the group at once
+            for pixel in range(n_pixels):
+                for b in range(b0, b1):
+                    n = bin_channels(b, n_bins, c0, c1, &first_out)
+                    channel = grad_image + pixel * g.col_stride + first_out * n_bins + b
+                    row = packed + (b - b0) * bin_size + pixel * width
+                    for c in range(n):
+                        channel[c * n_bins] = row[c]
+            continue
+        for b in range(b0, b1):  # channels-first: each bin's n planes, n_bins planes apart
+            n = bin_channels(b, n_bins, c0, c1, &first_out)
+            if n > 0:
+                transpose_planes(grad_image + (first_out * n_bins + b) * g.channel_stride,
+                                 n_bins * g.channel_stride, packed + (b - b0) * bin_size,
+                                 width, n, n_pixels, False)
     return True
 
 
@@ -301,19 +362,19 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
     cdef Py_ssize_t n_out = g.channels // (g.pooled_h * g.pooled_w)
-    cdef size_t packed_bytes = (g.pooled_h * g.pooled_w * g.height * g.width
-                                * packed_width(&g, block) * sizeof(floating))
-    cdef bint packed = backward and packed_bytes <= MAX_PACKED_BYTES
+    cdef size_t group_bytes = (group_bins(&g, block, sizeof(floating)) * g.height * g.width
+                               * packed_width(&g, block) * sizeof(floating))
+    cdef bint packed = group_bytes <= MAX_GROUP_BYTES
     cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
     if not backward:  # axis tables, and accumulators for one bin's output channels
         spec = scratch_spec(g.pooled_h, g.pooled_w, n_out * sizeof(floating), 0)
-    elif packed:  # ... one bin's gradients and shares, and the item's packed gradient
+    else:  # ... one bin's gradients and shares (for either kernel), and backward_packed's
+        # group of bins and RoI cache
         spec = scratch_spec(g.pooled_h, g.pooled_w,
-                            2 * packed_width(&g, block) * sizeof(floating), packed_bytes)
-    else:  # ... one bin's gradients and shares
-        spec = scratch_spec(g.pooled_h, g.pooled_w, 2 * n_out * sizeof(floating), 0)
+                            2 * max(packed_width(&g, block), n_out) * sizeof(floating),
+                            group_bytes if packed else 0, ROI_CACHE_BYTES if packed else 0)
     with nogil:
         if not backward:
             done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],

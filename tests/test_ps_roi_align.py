@@ -329,8 +329,8 @@ def test_large_grids(sampling_ratio, layout):
 
 
 def test_backward_on_a_huge_map_scatters_directly_with_the_same_numbers():
-    """A map whose packed gradient buffer would pass 64 MB takes the direct scatter: the
-    same numbers, bit for bit, as the packed path on a small map with the same boxes."""
+    """A map so big that one bin's packed buffer would pass 16 MB takes the direct scatter:
+    the same numbers, bit for bit, as the packed path on a small map with the same boxes."""
     rng = np.random.default_rng(14)
     boxes = random_boxes(rng, 1, 20, 24, 1.0, n_boxes=20)
     boxes[:, 1:] = np.clip(boxes[:, 1:], -3, 17)  # well inside the small map too
@@ -340,6 +340,23 @@ def test_backward_on_a_huge_map_scatters_directly_with_the_same_numbers():
     np.testing.assert_array_equal(huge[:, :, :40, :40], small)
     assert not huge[:, :, 40:].any() and not huge[:, :, :, 40:].any()
     assert np.count_nonzero(small) > 100
+
+
+def test_backward_with_more_rois_than_the_roi_cache_holds():
+    """20000 RoIs: their axis tables pass the packed backward's 16 MB RoI cache, so the
+    image takes the direct scatter; the gradient is still the sum of its RoIs' (two halves
+    computed apart agree to rounding) and the adjoint of the forward."""
+    rng = np.random.default_rng(16)
+    features = rng.standard_normal((1, 49, 12, 13))
+    boxes = random_boxes(rng, 1, 12, 13, 1.0, n_boxes=20000)  # ~1 kB of tables each
+    grad = rng.standard_normal((len(boxes), 1, 7, 7))
+    got = ps_roi_align_backward(grad, boxes, features.shape, 7, 1.0, 2)
+    halves = sum(ps_roi_align_backward(grad[part], boxes[part], features.shape, 7, 1.0, 2)
+                 for part in (slice(0, 10000), slice(10000, None)))  # each fits the cache
+    np.testing.assert_allclose(got, halves, rtol=1e-12, atol=1e-9)
+    pooled = ps_roi_align(features, boxes, 7, 1.0, 2)
+    magnitude = np.vdot(np.abs(pooled), np.abs(grad))
+    assert abs(np.vdot(pooled, grad) - np.vdot(features, got)) <= 1e-12 * magnitude
 
 
 # ---- threads -------------------------------------------------------------------------------------
