@@ -60,16 +60,20 @@ def _pyramid(heights: List[int], scales: Any, image_sizes: Any) -> Tuple[List[fl
 
 
 def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_threads: Any,
-                variant: Optional[str], work: int, grouped: bool) -> _plan.Plan:
-    """The Plan of a multi-level call: team, variant, block and RoIs grouped by (level, image)."""
+                variant: Optional[str], work: int,
+                grouped: bool) -> Tuple[_plan.Plan, npt.NDArray[np.intp]]:
+    """(the Plan of a multi-level call, channels per work item of each level).
+
+    As _plan.plan for one map, per level: the team, the variant (per RoI or packed channel
+    blocks), each level's block (a cache-sized block of a small map holds more channels),
+    and the RoIs grouped by (level, image).
+    """
     n_threads = _plan.team_size(num_threads, work)
     shapes = call.level_shapes
     channels_last = call.channels_last
     n_images = call.map_shape[0]
     channels = call.map_shape[3] if channels_last else call.map_shape[1]
     itemsize = call.values.itemsize
-    largest = max(shapes, key=lambda shape: shape[1] * shape[2] if channels_last
-                  else shape[2] * shape[3])
     if variant is None:
         packed = not channels_last and len(call.coords) >= 4 * n_images and _use_packed(
             shapes, level_of, n_levels, call.pooled, itemsize)
@@ -78,11 +82,12 @@ def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_th
     else:
         raise ValueError(f"variant must be None or one of {_plan.VARIANTS}, got {variant!r}")
     if packed:
-        block = _plan.packed_block(largest, channels_last, itemsize, n_threads, 1)
+        blocks = [_plan.packed_block(shape, channels_last, itemsize, n_threads, 1)
+                  for shape in shapes]
     elif grouped:
-        block = _plan.channel_share(n_threads, n_images * n_levels, channels)
+        blocks = [_plan.channel_share(n_threads, n_images * n_levels, channels)] * n_levels
     else:
-        block = 1
+        blocks = [1] * n_levels
     roi_order = level_first = None
     if packed or grouped:
         # Groups level * N + image; RoIs without a level go to a last group no item reads.
@@ -90,8 +95,9 @@ def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_th
                        n_levels * n_images)
         roi_order, level_first = _boxes.group_by_image(np.ascontiguousarray(key, np.intp),
                                                        n_levels * n_images + 1)
-    return _plan.Plan(n_threads, num_threads is None and n_threads > 1, packed, block,
+    plan = _plan.Plan(n_threads, num_threads is None and n_threads > 1, packed, max(blocks),
                       roi_order, level_first)
+    return plan, np.array(blocks, dtype=np.intp)
 
 
 def _use_packed(shapes: Sequence[Tuple[int, ...]], level_of: npt.NDArray[np.intp],
@@ -229,11 +235,11 @@ def forward(features: Features, boxes: npt.ArrayLike, output_size: OutputSize,
         unpooled = level_of < 0
         if unpooled.any():
             call.kernel_out[unpooled] = 0
-        plan = _level_plan(call, level_of, n_levels, num_threads, variant,
-                           call.kernel_out.size, grouped=False)
+        plan, blocks = _level_plan(call, level_of, n_levels, num_threads, variant,
+                                   call.kernel_out.size, grouped=False)
         _plan.run(KERNELS, "forward", build, cast(_args.Call, call), plan,
                   (sampling_ratio, aligned, list(call.levels), level_of,
-                   np.array(scale_list, dtype=np.float64), call.kernel_out),
+                   np.array(scale_list, dtype=np.float64), blocks, call.kernel_out),
                   "multiscale_roi_align")
     return _args.deliver(cast(_args.Call, call))
 
@@ -327,12 +333,12 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
         _plan.team_size(num_threads, 0)
     if call.values.size:
         level_of = _levels_of(call, n_levels, k_min, k_max, rule, canonical, level0)
-        plan = _level_plan(call, level_of, n_levels, num_threads, variant,
-                           sum(int(np.prod(shape)) for shape in call.level_shapes),
-                           grouped=True)
+        plan, blocks = _level_plan(call, level_of, n_levels, num_threads, variant,
+                                   sum(int(np.prod(shape)) for shape in call.level_shapes),
+                                   grouped=True)
         _plan.run(KERNELS, "backward", build, cast(_args.Call, call), plan,
                   (sampling_ratio, aligned, list(call.kernel_outs), level_of,
-                   np.array(scale_list, dtype=np.float64)),
+                   np.array(scale_list, dtype=np.float64), blocks),
                   "multiscale_roi_align_backward")
     return _args.deliver_levels(call)
 
