@@ -638,7 +638,7 @@ def check_levels(features: Any, featmap_names: Any, layout: str
     else:
         raise TypeError(f"features must be a list of per-level arrays (finest first) or a "
                         f"dict of them, got {type(features).__name__}")
-    levels = []
+    levels: List[npt.NDArray[Any]] = []
     result_dtype: Optional[np.dtype[Any]] = None
     for label, level in zip(labels, given):
         array, was_3d, level_dtype = check_features(level, layout, label)
@@ -669,7 +669,7 @@ def check_level_shapes(level_shapes: Any, layout: str) -> Tuple[Tuple[int, int, 
             isinstance(shape, (list, tuple)) for shape in level_shapes):
         raise TypeError(f"level_shapes must be a list of per-level shapes (N, C, H, W), "
                         f"got {level_shapes!r}")
-    shapes = []
+    shapes: List[Tuple[int, ...]] = []
     for i, shape in enumerate(level_shapes):
         try:
             checked, was_3d = check_input_shape(tuple(shape), layout)
