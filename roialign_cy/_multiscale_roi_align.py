@@ -407,6 +407,9 @@ class MultiScaleRoIAlign:
         """(features, featmap_names) for the function: a dict is filtered by name."""
         if isinstance(features, dict):
             return features, self.featmap_names
+        if isinstance(features, (list, tuple)) and len(features) != len(self.featmap_names):
+            raise ValueError(f"features holds {len(features)} level(s), featmap_names names "
+                             f"{len(self.featmap_names)}: give one map per name")
         return features, None
 
     def __call__(self, features: Features, boxes: npt.ArrayLike, image_sizes: ImageSizes, *,

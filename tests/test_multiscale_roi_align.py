@@ -500,3 +500,15 @@ def test_class_refuses_bad_parameters(kwargs, error, match):
     call.update(kwargs)
     with pytest.raises(error, match=match):
         MultiScaleRoIAlign(**call)
+
+
+def test_class_checks_the_levels_against_featmap_names():
+    """A dict must hold every name; a sequence must hold one map per name."""
+    _, levels, boxes, image_sizes = pyramid(14)
+    layer = MultiScaleRoIAlign(NAMES, 2, 2)
+    with pytest.raises(ValueError, match="featmap_names"):
+        layer(dict(zip(NAMES[:3], levels)), boxes, image_sizes)
+    with pytest.raises(ValueError, match="features holds 3"):
+        layer(levels[:3], boxes, image_sizes)
+    with pytest.raises(ValueError, match="image_sizes"):
+        layer(levels, boxes, [])
