@@ -512,3 +512,113 @@ def test_class_checks_the_levels_against_featmap_names():
         layer(levels[:3], boxes, image_sizes)
     with pytest.raises(ValueError, match="image_sizes"):
         layer(levels, boxes, [])
+
+
+def test_python_threads_share_the_pyramid():
+    """Python threads pooling the same read-only pyramid at once (the GIL is released),
+    each into its own out, with any team size: every result is the serial one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, levels, boxes, image_sizes = pyramid(15, np.float32, channels=16)
+    for level in levels:
+        level.flags.writeable = False
+    boxes = np.tile(boxes, (5, 1))
+    expected = multiscale_roi_align(levels, boxes, 7, 2, image_sizes=image_sizes, num_threads=1)
+    outs = [np.empty_like(expected) for _ in range(8)]
+
+    def call(i):
+        return multiscale_roi_align(levels, boxes, 7, 2, image_sizes=image_sizes, out=outs[i],
+                                    num_threads=1 + i % 3)
+
+    with ThreadPoolExecutor(max_workers=4) as workers:
+        returned = list(workers.map(call, range(8), timeout=120))
+    for out, result in zip(outs, returned):
+        assert result is out
+        np.testing.assert_array_equal(out, expected)
+
+
+def test_caller_swapping_its_levels_during_calls_cannot_crash():
+    """Another thread replaces the caller's list items by maps of other shapes while calls
+    run: the call reads its own snapshot of the pyramid, so each result is one of the two
+    valid answers or a clean ValueError, never a crash."""
+    import threading
+
+    _, levels, boxes, image_sizes = pyramid(16, np.float32)
+    small = [level[:, :, : level.shape[2] // 2 + 1, : level.shape[3] // 2 + 1].copy()
+             for level in levels]
+    shared = list(levels)
+    stop = threading.Event()
+
+    def vandal():
+        while not stop.is_set():
+            shared[0], shared[2] = small[0], small[2]
+            shared[0], shared[2] = levels[0], levels[2]
+
+    worker = threading.Thread(target=vandal)
+    worker.start()
+    try:
+        for _ in range(100):
+            try:
+                multiscale_roi_align(shared, boxes, 3, 2, image_sizes=image_sizes, num_threads=2)
+            except ValueError:
+                pass
+    finally:
+        stop.set()
+        worker.join()
+
+
+@pytest.mark.parametrize("rule", ["torchvision", "detectron2", "mmdet"])
+def test_random_pyramids_are_roi_align_per_level(rule):
+    """Hypothesis: random pyramids (1 to 5 levels, any sizes, both layouts, float32/64),
+    boxes and parameters; every box is roi_align of its level bit for bit, forward and
+    backward, and the levels are assign_levels'."""
+    hypothesis = pytest.importorskip("hypothesis")
+    st = hypothesis.strategies
+
+    @hypothesis.settings(max_examples=60, deadline=None, derandomize=True,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    @hypothesis.given(n_levels=st.integers(1, 5), n_images=st.integers(1, 3),
+                      channels=st.integers(1, 5), height=st.integers(8, 70),
+                      width=st.integers(8, 70), n_boxes=st.integers(0, 30),
+                      layout=st.sampled_from(LAYOUTS),
+                      dtype=st.sampled_from([np.float32, np.float64]),
+                      output_size=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+                      sampling_ratio=st.integers(-1, 3), aligned=st.booleans(),
+                      variant=st.sampled_from([None, "per_roi", "packed"]),
+                      threads=st.integers(1, 3), seed=st.integers(0, 2**31))
+    def check(n_levels, n_images, channels, height, width, n_boxes, layout, dtype, output_size,
+              sampling_ratio, aligned, variant, threads, seed):
+        rng = np.random.default_rng(seed)
+        image = (4 * height, 4 * width)
+        levels = [to_layout(rng.standard_normal(
+            (n_images, channels, -(-height // 2**j), -(-width // 2**j))).astype(dtype), layout)
+            for j in range(n_levels)]
+        size = np.exp(rng.uniform(np.log(1), np.log(4 * max(image)), n_boxes))
+        x1 = rng.uniform(-0.2, 1.0, n_boxes) * image[1]
+        y1 = rng.uniform(-0.2, 1.0, n_boxes) * image[0]
+        boxes = np.stack([rng.integers(0, n_images, n_boxes), x1, y1,
+                          x1 + size * rng.uniform(-0.2, 2, n_boxes),
+                          y1 + size * rng.uniform(-0.2, 2, n_boxes)], 1)
+        kwargs = dict(image_sizes=[image] * n_images, aligned=aligned, level_rule=rule,
+                      layout=layout, num_threads=threads, variant=variant)
+        pooled = ms.forward(levels, boxes, output_size, sampling_ratio, **kwargs)
+        grad_output = rng.standard_normal(pooled.shape).astype(dtype)
+        shapes = [level.shape for level in levels]
+        grads = ms.backward(grad_output, boxes, shapes, output_size, sampling_ratio, **kwargs)
+        scales = reference_infer_scales([level.shape[1 if layout == "NHWC" else 2]
+                                         for level in levels], [image] * n_images)
+        k_min, k_max = (int(-np.log2(np.float32(s))) for s in (scales[0], scales[-1]))
+        level_of = assign_levels(boxes.astype(dtype), k_min, k_max, rule=rule)
+        level_of[level_of >= n_levels] = -1  # a pyramid whose inferred scales skip a level
+        assert not pooled[level_of < 0].any()
+        for j in range(n_levels):
+            mine = level_of == j
+            np.testing.assert_array_equal(
+                pooled[mine], roi_align(levels[j], boxes[mine], output_size, scales[j],
+                                        sampling_ratio, aligned, layout=layout))
+            np.testing.assert_array_equal(
+                grads[j], roi_align_backward(grad_output[mine], boxes[mine], shapes[j],
+                                             output_size, scales[j], sampling_ratio, aligned,
+                                             layout=layout))
+
+    check()
