@@ -122,12 +122,12 @@ def avx2_wanted(compiler):
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False
-    return builds(compiler, "int main(void) { return 0; }\n", AVX2_FLAGS)
+    return builds(compiler, C_PROBE, AVX2_FLAGS)
 
 
-def homebrew_libomp(platform=sys.platform):
+def homebrew_libomp(system=sys.platform):
     """Homebrew's libomp prefix on macOS (keg-only: not on any default search path), or None."""
-    brew = shutil.which("brew") if platform == "darwin" else None
+    brew = shutil.which("brew") if system == "darwin" else None
     if brew is None:
         return None
     try:
@@ -141,16 +141,17 @@ def homebrew_libomp(platform=sys.platform):
     return prefix
 
 
-def openmp_candidates(compiler, platform=sys.platform):
-    """The (compile_args, link_args) pairs to try, in order, for this compiler."""
+def openmp_candidates(compiler, system=sys.platform):
+    """The (compile_args, link_args) pairs to try, in order, for this compiler on `system`
+    (a sys.platform value)."""
     if compiler.compiler_type == "msvc":
         return [(["/openmp"], [])]
-    if platform != "darwin":
+    if system != "darwin":
         return [(["-fopenmp"], ["-fopenmp"])]
     # Apple clang has OpenMP in its front end but ships neither omp.h nor libomp.
     apple = (["-Xpreprocessor", "-fopenmp"], ["-lomp"])
     candidates = [apple]  # with libomp where CFLAGS/LDFLAGS (or the compiler) say
-    prefix = homebrew_libomp(platform)
+    prefix = homebrew_libomp(system)
     if prefix is not None:
         include, lib = os.path.join(prefix, "include"), os.path.join(prefix, "lib")
         candidates.append((apple[0] + [f"-I{include}"], [f"-L{lib}"] + apple[1]))
@@ -158,9 +159,9 @@ def openmp_candidates(compiler, platform=sys.platform):
     return candidates
 
 
-def openmp_flags(compiler, platform=sys.platform):
+def openmp_flags(compiler, system=sys.platform):
     """Return (compile_args, link_args) enabling OpenMP for this compiler, or None."""
-    for compile_args, link_args in openmp_candidates(compiler, platform):
+    for compile_args, link_args in openmp_candidates(compiler, system):
         if builds(compiler, OPENMP_PROBE, compile_args, link_args):
             return compile_args, link_args
     return None
@@ -205,7 +206,7 @@ class BuildWithOpenMP(build_ext):
                 tried = "; ".join(" ".join(c + l) for c, l in openmp_candidates(self.compiler))
                 self.warn(SERIAL_BANNER.format(cc=compiler_name(self.compiler), tried=tried))
             else:
-                print(f"roialign_cy: OpenMP with {' '.join(flags[0] + flags[1])}")
+                print(f"roialign_cy: OpenMP with {' '.join(flags[0])} (link: {' '.join(flags[1])})")
         if not avx2_wanted(self.compiler):
             self.extensions = [ext for ext in self.extensions
                                if not ext.name.endswith(AVX2_SUFFIX)]

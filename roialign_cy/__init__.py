@@ -13,6 +13,9 @@ except ImportError as _error:  # pragma: no cover - depends on how the package w
 
 from roialign_cy import _config, _plan
 from roialign_cy._config import show_config
+from roialign_cy._levels import assign_levels
+from roialign_cy._multiscale_roi_align import (MultiScaleRoIAlign, multiscale_roi_align,
+                                               multiscale_roi_align_backward)
 from roialign_cy._ps_roi_align import PSRoIAlign, ps_roi_align, ps_roi_align_backward
 from roialign_cy._ps_roi_pool import PSRoIPool, ps_roi_pool, ps_roi_pool_backward
 from roialign_cy._roi_align import RoIAlign, roi_align, roi_align_backward
@@ -22,10 +25,14 @@ from roialign_cy._version import __version__
 _config.warn_if_serial(bool(_runtime.OPENMP_ENABLED), _plan.USABLE_CPUS)
 
 __all__ = [
+    "MultiScaleRoIAlign",
     "PSRoIAlign",
     "PSRoIPool",
     "RoIAlign",
     "RoIPool",
+    "assign_levels",
+    "multiscale_roi_align",
+    "multiscale_roi_align_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
     "ps_roi_pool",

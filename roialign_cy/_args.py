@@ -144,19 +144,20 @@ def check_scale_fits(scale: float, dtype: np.dtype[Any]) -> float:
     return scale
 
 
-def check_spatial_scale(spatial_scale: Any) -> float:
-    """Return spatial_scale as a float, finite and > 0."""
+def check_spatial_scale(spatial_scale: Any, name: str = "spatial_scale") -> float:
+    """Return spatial_scale (or another positive real called `name`) as a float, finite
+    and > 0."""
     if type(spatial_scale) is float and 0 < spatial_scale < math.inf:  # the common case, fast
         return spatial_scale
     if isinstance(spatial_scale, (bool, np.bool_)) or not isinstance(spatial_scale, numbers.Real):
-        raise TypeError(f"spatial_scale must be a real number, got {spatial_scale!r}")
+        raise TypeError(f"{name} must be a real number, got {spatial_scale!r}")
     try:
         scale = float(spatial_scale)
     except OverflowError:  # an int beyond float's range, e.g. 10**400
-        raise ValueError("spatial_scale must be finite and > 0, got an int beyond the float "
+        raise ValueError(f"{name} must be finite and > 0, got an int beyond the float "
                          "range") from None
     if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"spatial_scale must be finite and > 0, got {scale!r}")
+        raise ValueError(f"{name} must be finite and > 0, got {scale!r}")
     return scale
 
 
@@ -282,22 +283,24 @@ def check_boxes(boxes: Any, n_images: int, was_3d: bool, dtype: np.dtype[Any],
 
 
 def check_out(out: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
-              inputs: Tuple[Tuple[str, Any], ...]) -> Optional[npt.NDArray[Any]]:
+              inputs: Tuple[Tuple[str, Any], ...],
+              out_name: str = "out") -> Optional[npt.NDArray[Any]]:
     """Return a private view of a user-supplied output array, checked; None passes through."""
     if out is None:
         return None
     if not isinstance(out, np.ndarray):
-        raise TypeError(f"out must be a numpy.ndarray, got {type(out).__name__}")
+        raise TypeError(f"{out_name} must be a numpy.ndarray, got {type(out).__name__}")
     if out.shape != tuple(shape):
-        raise ValueError(f"out must have shape {tuple(shape)}, got {out.shape}")
+        raise ValueError(f"{out_name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype.newbyteorder("=") != dtype:
-        raise ValueError(f"out must have dtype {dtype}, got {out.dtype}")
+        raise ValueError(f"{out_name} must have dtype {dtype}, got {out.dtype}")
     if not out.flags.writeable:
-        raise ValueError("out is read-only")
+        raise ValueError(f"{out_name} is read-only")
     span = _file_span(out)
     for name, value in inputs:
         if _shares_memory(out, span, value):
-            raise ValueError(f"out overlaps an input ({name}): the kernel would overwrite what it reads")
+            raise ValueError(f"{out_name} overlaps an input ({name}): the kernel would "
+                             f"overwrite what it reads")
     return out.view()
 
 
@@ -508,6 +511,7 @@ class BackwardCall(NamedTuple):
     result_dtype: np.dtype[Any]
 
 
+# The single-map call records (the multi-level ones, below, share the fields _plan.run reads).
 Call = Union[ForwardCall, BackwardCall]
 
 
@@ -611,3 +615,212 @@ def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: A
     return _new(BackwardCall, (grad, channels_last, map_shape, batch_index, coords, spatial_scale,
                                pooled, features, indices, kernel_out, result, out, out_view,
                                result_dtype))
+
+
+# ---- Multi-level (feature pyramid) calls ---------------------------------------------------
+
+
+def check_levels(features: Any, featmap_names: Any, layout: str
+                 ) -> Tuple[Tuple[npt.NDArray[Any], ...], Tuple[Any, ...], np.dtype[Any]]:
+    """Return (levels canonical 4-D, the caller's level objects, result dtype) of a pyramid.
+
+    features: a sequence of per-level maps, finest first, or a dict (an OrderedDict) of them
+    with featmap_names saying which, taken in the dict's order (as torchvision's
+    MultiScaleRoIAlign does). Every level must have the same N, C and dtype.
+    """
+    if isinstance(features, dict):
+        if featmap_names is None:
+            raise ValueError("featmap_names is required when features is a dict: the names "
+                             "of the levels to pool from")
+        if isinstance(featmap_names, str) or not isinstance(featmap_names, (list, tuple)):
+            raise TypeError(f"featmap_names must be a list of str, got {featmap_names!r}")
+        names = list(featmap_names)
+        if not names:
+            raise ValueError("featmap_names must name at least one level")
+        if len(set(names)) != len(names):
+            raise ValueError(f"featmap_names has a repeated name: {names}")
+        missing = [name for name in names if name not in features]
+        if missing:
+            raise ValueError(f"featmap_names {missing} are not keys of features "
+                             f"(keys: {list(features)})")
+        keys = [key for key in features if key in names]
+        labels = [f"features[{key!r}]" for key in keys]
+        given = tuple(features[key] for key in keys)
+    elif isinstance(features, (list, tuple)):
+        if featmap_names is not None:
+            raise ValueError("featmap_names is only used when features is a dict")
+        if not features:
+            raise ValueError("features must hold at least one level")
+        labels = [f"features[{i}]" for i in range(len(features))]
+        given = tuple(features)
+    else:
+        raise TypeError(f"features must be a list of per-level arrays (finest first) or a "
+                        f"dict of them, got {type(features).__name__}")
+    levels: List[npt.NDArray[Any]] = []
+    result_dtype: Optional[np.dtype[Any]] = None
+    for label, level in zip(labels, given):
+        array, was_3d, level_dtype = check_features(level, layout, label)
+        if was_3d:
+            axes = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+            raise ValueError(f"{label} must be 4-D {axes}, got shape {np.shape(level)}")
+        if levels:
+            first = levels[0]
+            if level_dtype != result_dtype:
+                raise ValueError(f"{label} has dtype {level_dtype}, {labels[0]} has "
+                                 f"{result_dtype}: every level must have one dtype")
+            channel_axis = 3 if layout == "NHWC" else 1
+            if array.shape[0] != first.shape[0] or (array.shape[channel_axis]
+                                                    != first.shape[channel_axis]):
+                raise ValueError(f"{label} has shape {array.shape}, {labels[0]} has "
+                                 f"{first.shape}: every level must have the same N and C")
+        result_dtype = level_dtype
+        levels.append(array)
+    assert result_dtype is not None
+    return tuple(levels), given, result_dtype
+
+
+def check_level_shapes(level_shapes: Any, layout: str) -> Tuple[Tuple[int, int, int, int], ...]:
+    """Return the per-level feature shapes of a pyramid (4-D each, same N and C)."""
+    if isinstance(level_shapes, dict):
+        level_shapes = list(level_shapes.values())
+    if not isinstance(level_shapes, (list, tuple)) or not level_shapes or not all(
+            isinstance(shape, (list, tuple)) for shape in level_shapes):
+        raise TypeError(f"level_shapes must be a list of per-level shapes (N, C, H, W), "
+                        f"got {level_shapes!r}")
+    shapes: List[Tuple[int, ...]] = []
+    for i, shape in enumerate(level_shapes):
+        try:
+            checked, was_3d = check_input_shape(tuple(shape), layout)
+        except (TypeError, ValueError) as error:
+            raise type(error)(str(error).replace("input_shape", f"level_shapes[{i}]")) from None
+        if was_3d:
+            raise ValueError(f"level_shapes[{i}] must have 4 dimensions, got {tuple(shape)}")
+        channel_axis = 3 if layout == "NHWC" else 1
+        if shapes and (checked[0] != shapes[0][0]
+                       or checked[channel_axis] != shapes[0][channel_axis]):
+            raise ValueError(f"level_shapes[{i}] is {checked}, level_shapes[0] is "
+                             f"{shapes[0]}: every level must have the same N and C")
+        shapes.append(checked)
+    return tuple(shapes)  # type: ignore[arg-type]
+
+
+def level_heights(shapes: Any, layout: str) -> List[int]:
+    """Each level's map height."""
+    return [shape[1] if layout == "NHWC" else shape[2] for shape in shapes]
+
+
+class LevelForwardCall(NamedTuple):
+    """One checked multi-level forward call: private views, shapes read once. The fields
+    _plan reads are those of ForwardCall; values and map_shape are the finest level's."""
+
+    values: npt.NDArray[Any]         # levels[0]
+    channels_last: bool
+    map_shape: Tuple[int, int, int, int]
+    batch_index: npt.NDArray[np.intp]
+    coords: npt.NDArray[Any]
+    spatial_scale: float             # unused (1.0): each level has its own, in scales
+    pooled: Tuple[int, int]
+    kernel_out: npt.NDArray[Any]
+    result: npt.NDArray[Any]
+    out: Optional[npt.NDArray[Any]]
+    out_view: Optional[npt.NDArray[Any]]
+    result_dtype: np.dtype[Any]
+    levels: Tuple[npt.NDArray[Any], ...]  # every level, canonical, one dtype
+    level_shapes: Tuple[Tuple[int, int, int, int], ...]
+
+
+class LevelBackwardCall(NamedTuple):
+    """One checked multi-level backward call: the gradient arrays of every level."""
+
+    values: npt.NDArray[Any]         # grad_output, canonical
+    channels_last: bool
+    map_shape: Tuple[int, int, int, int]  # the finest level's shape
+    batch_index: npt.NDArray[np.intp]
+    coords: npt.NDArray[Any]
+    spatial_scale: float
+    pooled: Tuple[int, int]
+    kernel_outs: Tuple[npt.NDArray[Any], ...]  # what the kernel accumulates into (zeroed)
+    outs: Optional[Tuple[npt.NDArray[Any], ...]]  # the caller's out= arrays ...
+    out_views: Optional[Tuple[npt.NDArray[Any], ...]]  # ... and private views of them
+    result_dtype: np.dtype[Any]
+    level_shapes: Tuple[Tuple[int, int, int, int], ...]
+
+
+def level_forward_call(features: Any, featmap_names: Any, boxes: Any, output_size: Any,
+                       layout: Any, out: Any) -> LevelForwardCall:
+    """Check a multi-level forward call into a LevelForwardCall (see forward_call)."""
+    channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
+    if channels_last is None:
+        channels_last = _CHANNELS_LAST[check_layout(layout)]
+    levels, given, result_dtype = check_levels(features, featmap_names, layout)
+    pooled = check_output_size(output_size)
+    dtype = levels[0].dtype
+    map_shape = levels[0].shape
+    batch_index, coords = check_boxes(boxes, map_shape[0], False, dtype)
+    n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
+    ph, pw = pooled
+    shape = (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw)
+    out_view = check_out(out, shape, result_dtype, (("features", list(given)), ("boxes", boxes)))
+    result = allocate(out_view, shape, dtype)
+    return LevelForwardCall(levels[0], channels_last, map_shape, batch_index, coords, 1.0,
+                            pooled, result, result, out, out_view, result_dtype, levels,
+                            tuple(level.shape for level in levels))
+
+
+def level_backward_call(grad_output: Any, boxes: Any, level_shapes: Any, output_size: Any,
+                        layout: Any, out: Any) -> LevelBackwardCall:
+    """Check a multi-level backward call into a LevelBackwardCall (see backward_call).
+
+    out: None or one array per level (each checked as roi_align_backward's out, and not
+    overlapping another). Every argument is checked before any out is written (zeroed).
+    """
+    channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
+    if channels_last is None:
+        channels_last = _CHANNELS_LAST[check_layout(layout)]
+    shapes = check_level_shapes(level_shapes, layout)
+    pooled = check_output_size(output_size)
+    grad = np.asarray(grad_output) if type(grad_output) is not np.ndarray else grad_output
+    dtype = compute_dtype(grad.dtype, "grad_output")
+    map_shape = shapes[0]
+    batch_index, coords = check_boxes(boxes, map_shape[0], False, dtype)
+    n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
+    ph, pw = pooled
+    grad, result_dtype = check_grad_output(
+        grad_output, (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw))
+    for shape in shapes:
+        if math.prod(shape) * dtype.itemsize > sys.maxsize:
+            raise MemoryError(f"the gradient of shape {shape} cannot be allocated: too large")
+    if out is None:
+        kernel_outs = tuple(allocate(None, shape, dtype, zeroed=True) for shape in shapes)
+        return LevelBackwardCall(grad, channels_last, map_shape, batch_index, coords, 1.0,
+                                 pooled, kernel_outs, None, None, result_dtype, shapes)
+    if isinstance(out, np.ndarray) or not isinstance(out, (list, tuple)):
+        raise TypeError(f"out must be a list of arrays, one per level, got "
+                        f"{type(out).__name__}")
+    if len(out) != len(shapes):
+        raise ValueError(f"out must hold one array per level: got {len(out)} for "
+                         f"{len(shapes)} level(s)")
+    views = []
+    for i, (array, shape) in enumerate(zip(out, shapes)):
+        view = check_out(array, shape, result_dtype,
+                         (("grad_output", grad_output), ("boxes", boxes)), f"out[{i}]")
+        assert view is not None
+        for j in range(i):
+            if np.may_share_memory(view, out[j]):
+                raise ValueError(f"out[{i}] overlaps out[{j}]: each level needs its own array")
+        views.append(view)
+    kernel_outs = tuple(allocate(view, shape, dtype, zeroed=True)
+                        for view, shape in zip(views, shapes))
+    return LevelBackwardCall(grad, channels_last, map_shape, batch_index, coords, 1.0, pooled,
+                             kernel_outs, tuple(out), tuple(views), result_dtype, shapes)
+
+
+def deliver_levels(call: LevelBackwardCall) -> List[npt.NDArray[Any]]:
+    """The per-level gradients of a multi-level backward call once its kernel ran."""
+    if call.outs is None or call.out_views is None:
+        return [result if result.dtype == call.result_dtype else result.astype(call.result_dtype)
+                for result in call.kernel_outs]
+    for view, result in zip(call.out_views, call.kernel_outs):
+        if view is not result:
+            np.copyto(view, result, casting="unsafe")
+    return list(call.outs)

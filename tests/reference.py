@@ -283,6 +283,50 @@ def reference_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_out
     return out if grad_output is None else (out, grad_input)
 
 
+# ---- Multi-level (FPN) pooling -------------------------------------------------------------
+
+
+def reference_level(box, k_min, k_max, canonical_scale, canonical_level, rule, dtype):
+    """One box's level index by each framework's formula (SEMANTICS.md), one scalar
+    operation at a time in `dtype` (the boxes' float type, as the frameworks' torch ops);
+    None for a negative area, whose NaN level no framework pools."""
+    t = np.dtype(dtype).type
+    x1, y1, x2, y2 = (t(v) for v in box)
+    area = (x2 - x1) * (y2 - y1)
+    if area < 0:
+        return None
+    with np.errstate(divide="ignore"):
+        size = np.sqrt(area)
+        if rule == "torchvision":  # LevelMapper: floor(lvl0 + log2(s / s0) + eps)
+            level = math.floor((t(canonical_level) + np.log2(size / t(canonical_scale)))
+                               + t(1e-6)) if size > 0 else -math.inf
+            return min(max(level, k_min), k_max) - k_min
+        if rule == "detectron2":  # assign_boxes_to_levels: floor(lvl0 + log2(s / s0 + 1e-8))
+            level = math.floor(t(canonical_level) + np.log2(size / t(canonical_scale) + t(1e-8)))
+            return min(max(level, k_min), k_max) - k_min
+        # mmdet map_roi_levels: floor(log2(s / finest_scale + 1e-6)), clamped to [0, L - 1]
+        level = math.floor(np.log2(size / t(canonical_scale) + t(1e-6)))
+        return min(max(level, 0), k_max - k_min)
+
+
+def reference_infer_scales(heights, image_sizes):
+    """torchvision's _setup_scales: 2 ** round(log2(h / max image height)), float32."""
+    max_h = max(h for h, _ in image_sizes)
+    return [2.0 ** float(np.round(np.log2(np.float32(h / max_h)))) for h in heights]
+
+
+def reference_multiscale_roi_align(levels, boxes, output_size, scales, sampling_ratio,
+                                   level_of, aligned=False):
+    """Multi-level RoIAlign of (N, C, H_l, W_l) levels: box k pooled from levels[level_of[k]]
+    by the single-map loop reference (float64), 0 for a box without a level (None)."""
+    channels = levels[0].shape[1]
+    out = np.zeros((len(boxes), channels) + tuple(output_size))
+    for k, level in enumerate(level_of):
+        if level is None or level >= len(levels):
+            continue
+        out[k] = reference_roi_align_in_dtype(levels[level], boxes[k:k + 1], output_size,
+                                              scales[level], sampling_ratio, aligned, "avg")[0]
+    return out
 # ---- Position-sensitive pooling (R-FCN): SEMANTICS.md "Position-sensitive RoIAlign / RoIPool" --
 
 

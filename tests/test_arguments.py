@@ -19,11 +19,15 @@ from roi_inputs import align_nchw, random_boxes, to_layout
 
 import roialign_cy
 from roialign_cy import (
+    MultiScaleRoIAlign,
     PSRoIAlign,
     PSRoIPool,
     RoIAlign,
     RoIPool,
     _args,
+    assign_levels,
+    multiscale_roi_align,
+    multiscale_roi_align_backward,
     ps_roi_align,
     ps_roi_align_backward,
     ps_roi_pool,
@@ -51,6 +55,10 @@ ENTRY_POINTS = {
     "roi_pool_backward": roi_pool_backward,
     "RoIAlign": RoIAlign,
     "RoIPool": RoIPool,
+    "multiscale_roi_align": multiscale_roi_align,
+    "multiscale_roi_align_backward": multiscale_roi_align_backward,
+    "MultiScaleRoIAlign": MultiScaleRoIAlign,
+    "assign_levels": assign_levels,
     "ps_roi_align": ps_roi_align,
     "ps_roi_align_backward": ps_roi_align_backward,
     "ps_roi_pool": ps_roi_pool,
@@ -73,6 +81,16 @@ ALIGN = ("roi_align", "roi_align_backward")
 
 
 CLASSES = ("RoIAlign", "RoIPool")
+
+
+MULTI = ("multiscale_roi_align", "multiscale_roi_align_backward")
+
+
+# A 2-level pyramid for (N, C) images of IMAGE_SIZE pixels: strides 4 and 8.
+IMAGE_SIZES = [(24, 28)] * N
+
+
+LEVEL_SHAPES = [(N, C, 6, 7), (N, C, 3, 4)]
 
 
 # Position-sensitive pooling: the map has C_PS = C * PH * PW channels, the result C.
@@ -124,7 +142,21 @@ def base_kwargs(name):
         return dict(grad_output=grad(), boxes=boxes(), input_shape=(N, C, H, W), output_size=PH)
     if name == "roi_pool_backward":
         return dict(grad_output=grad(), boxes=boxes(), input=features(), output_size=PH)
+    if name == "multiscale_roi_align":
+        return dict(features=pyramid(), boxes=boxes(), output_size=PH, image_sizes=IMAGE_SIZES)
+    if name == "multiscale_roi_align_backward":
+        return dict(grad_output=grad(), boxes=boxes(), level_shapes=LEVEL_SHAPES,
+                    output_size=PH, image_sizes=IMAGE_SIZES)
+    if name == "MultiScaleRoIAlign":
+        return dict(featmap_names=["p2", "p3"], output_size=PH, sampling_ratio=2)
+    if name == "assign_levels":
+        return dict(boxes=boxes()[:, 1:], k_min=2, k_max=5)
     return dict(output_size=PH)
+
+
+def pyramid(dtype=np.float32):
+    """A valid 2-level pyramid (LEVEL_SHAPES)."""
+    return [features(dtype, shape) for shape in LEVEL_SHAPES]
 
 
 def bad_row(value, column, row=1):
@@ -164,6 +196,20 @@ def out_overlapping_boxes(kwargs):
     kwargs["boxes"] = buffer[:10].reshape(2, 5)
     kwargs["boxes"][:] = boxes()
     return buffer[:N * C * PH * PW].reshape(N, C, PH, PW)
+
+
+def _overlapping_level_outs():
+    """Two per-level gradient arrays sharing memory."""
+    buffer = np.zeros(2 * N * C * 6 * 7, np.float32)
+    return [buffer[:N * C * 6 * 7].reshape(LEVEL_SHAPES[0]),
+            buffer[10:10 + N * C * 3 * 4].reshape(LEVEL_SHAPES[1])]
+
+
+def _level_outs_over_grad_output(kwargs):
+    """Per-level gradient arrays, the first sharing memory with grad_output."""
+    buffer = np.zeros(N * C * 6 * 7, np.float32)
+    kwargs["grad_output"] = buffer[:N * C * PH * PW].reshape(N, C, PH, PW)
+    return [buffer.reshape(LEVEL_SHAPES[0]), np.zeros(LEVEL_SHAPES[1], np.float32)]
 
 
 def out_shape(name, nhwc=False):
@@ -304,7 +350,7 @@ add("roi_align_backward", "max-input-int", {"mode": "max", "input": features(np.
 
 
 # ---- boxes ----------------------------------------------------------------------------------------
-for name in ALL4 + PS:
+for name in ALL4 + MULTI + PS:
     add(name, "boxes-1d", {"boxes": boxes()[0]}, ValueError, r"boxes.*shape")
     add(name, "boxes-3d", {"boxes": boxes()[None]}, ValueError, r"boxes.*shape")
     add(name, "boxes-K4-with-4d-input", {"boxes": boxes()[:, 1:]}, ValueError, r"boxes.*shape")
@@ -344,7 +390,7 @@ for name in ALL4 + PS:
 
 
 # ---- output_size ----------------------------------------------------------------------------------
-for name in ALL4 + CLASSES + PS + PS_CLASSES:
+for name in ALL4 + CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS + PS_CLASSES:
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("np-float", np.float64(2), TypeError), ("str", "2", TypeError), ("none", None, TypeError),
@@ -356,7 +402,8 @@ for name in ALL4 + CLASSES + PS + PS_CLASSES:
 
 
 # ---- sampling_ratio -------------------------------------------------------------------------------
-for name in ALIGN + ("RoIAlign", "ps_roi_align", "ps_roi_align_backward", "PSRoIAlign"):
+for name in (ALIGN + ("RoIAlign",) + MULTI + ("MultiScaleRoIAlign",)
+             + ("ps_roi_align", "ps_roi_align_backward", "PSRoIAlign")):
     for what, value, exc in [
         ("float", 2.0, TypeError), ("half", 0.5, TypeError), ("str", "2", TypeError),
         ("none", None, TypeError), ("bool", True, TypeError), ("too-big", 2**40, ValueError),
@@ -376,7 +423,7 @@ for name in ALL4 + CLASSES + PS + PS_CLASSES:
 
 
 # ---- layout and mode ------------------------------------------------------------------------------
-for name in ALL4 + CLASSES + PS + PS_CLASSES:
+for name in ALL4 + CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS + PS_CLASSES:
     for what, value in [("lower", "nchw"), ("chw", "CHW"), ("none", None), ("int", 0)]:
         add(name, f"layout-{what}", {"layout": value}, ValueError, r"layout")
 
@@ -445,9 +492,10 @@ add("roi_pool_backward", "out-overlaps-argmax", {"out": _argmax_in_out}, ValueEr
 
 
 # ---- booleans, and values NumPy or float() would reject in their own words --------------------
-for name in ALIGN + ("RoIAlign",):
+for name in ALIGN + ("RoIAlign",) + MULTI + ("MultiScaleRoIAlign",):
     for what, value in [("str", "False"), ("int", 1), ("none", None), ("array", np.array(True))]:
         add(name, f"aligned-{what}", {"aligned": value}, TypeError, r"aligned")
+for name in ALIGN + ("RoIAlign",):
     add(name, "mode-array", {"mode": np.array("avg")}, ValueError, r"mode")
 add("roi_pool", "return_argmax-str", {"return_argmax": "no"}, TypeError, r"return_argmax")
 add("roi_pool", "return_argmax-int", {"return_argmax": 1}, TypeError, r"return_argmax")
@@ -455,7 +503,9 @@ for name in ALL4 + CLASSES + PS + PS_CLASSES:
     add(name, "spatial_scale-beyond-float", {"spatial_scale": 10**400}, ValueError,
         r"spatial_scale")
     add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
-for name in ALL4 + PS:
+for name in MULTI + ("MultiScaleRoIAlign",):
+    add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
+for name in ALL4 + MULTI + PS:
     add(name, "boxes-ragged-list-item",
         {"boxes": [np.zeros((1, 4)), [[1, 2, 3], [1, 2, 3, 4]]]}, ValueError, r"boxes\[1\]")
     add(name, "boxes-ragged", {"boxes": [[0, 1, 1, 3, 3], [1, 2, 2]]}, ValueError, r"boxes")
@@ -470,7 +520,7 @@ for name in FORWARD + PS_FORWARD:
 
 
 # ---- num_threads ----------------------------------------------------------------------------------
-for name in ALL4 + PS:
+for name in ALL4 + MULTI + PS:
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("str", "2", TypeError), ("bool", True, TypeError), ("too-big", 2**40, ValueError),
@@ -511,6 +561,137 @@ for name in PS_BACKWARD:
 add("roi_pool_backward", "huge-input-broadcast",
     {"input": np.broadcast_to(np.float32(0), (N, 1, 10**7, 10**7)),
      "grad_output": grad((N, 1, PH, PW))}, MemoryError, r"", crash_prone=True)
+
+# ---- multi-level (FPN) pooling: the pyramid, its scales and level rule -----------------------------
+def other_level(index, shape=None, dtype=np.float32):
+    """The valid pyramid with level `index` replaced by a map of `shape` and `dtype`."""
+    def make(kwargs):
+        levels = pyramid()
+        levels[index] = features(dtype, shape or LEVEL_SHAPES[index])
+        return levels
+    return make
+
+
+add("multiscale_roi_align", "features-array", {"features": features()}, TypeError, r"features")
+add("multiscale_roi_align", "features-none", {"features": None}, TypeError, r"features")
+add("multiscale_roi_align", "features-empty", {"features": []}, ValueError, r"features")
+add("multiscale_roi_align", "features-3d-level", {"features": other_level(1, (C, 3, 4))},
+    ValueError, r"features\[1\] must be 4-D")
+add("multiscale_roi_align", "features-other-N", {"features": other_level(1, (N + 1, C, 3, 4))},
+    ValueError, r"features\[1\].*same N and C")
+add("multiscale_roi_align", "features-other-C", {"features": other_level(1, (N, C + 1, 3, 4))},
+    ValueError, r"features\[1\].*same N and C")
+add("multiscale_roi_align", "features-other-dtype", {"features": other_level(1, None, np.float64)},
+    ValueError, r"features\[1\].*dtype")
+add("multiscale_roi_align", "features-int-level", {"features": other_level(0, None, np.int32)},
+    TypeError, r"features\[0\]")
+add("multiscale_roi_align", "features-empty-H", {"features": other_level(1, (N, C, 0, 4))},
+    ValueError, r"features\[1\].*empty")
+add("multiscale_roi_align", "featmap_names-with-list", {"featmap_names": ["p2", "p3"]},
+    ValueError, r"featmap_names")
+add("multiscale_roi_align", "featmap_names-missing",
+    {"features": lambda kw: dict(zip(["p2", "p3"], pyramid()))}, ValueError, r"featmap_names")
+add("multiscale_roi_align", "featmap_names-not-a-key",
+    {"features": lambda kw: dict(zip(["p2", "p3"], pyramid())), "featmap_names": ["p2", "p4"]},
+    ValueError, r"featmap_names.*p4")
+add("multiscale_roi_align", "featmap_names-repeated",
+    {"features": lambda kw: dict(zip(["p2", "p3"], pyramid())), "featmap_names": ["p2", "p2"]},
+    ValueError, r"featmap_names")
+add("multiscale_roi_align", "featmap_names-str",
+    {"features": lambda kw: dict(zip(["p2", "p3"], pyramid())), "featmap_names": "p2"},
+    TypeError, r"featmap_names")
+for what, value, exc in [
+    ("none", None, TypeError), ("empty", [], TypeError), ("3d", [(C, 6, 7), (C, 3, 4)], ValueError),
+    ("other-C", [(N, C, 6, 7), (N, C + 1, 3, 4)], ValueError),
+    ("negative", [(N, C, -6, 7), (N, C, 3, 4)], ValueError),
+    ("float", [(N, C, 6.0, 7), (N, C, 3, 4)], TypeError),
+]:
+    add("multiscale_roi_align_backward", f"level_shapes-{what}", {"level_shapes": value}, exc,
+        r"level_shapes")
+add("multiscale_roi_align_backward", "grad_output-shape", {"grad_output": grad((N, C, PH + 1, PW))},
+    ValueError, r"grad_output.*shape")
+add("multiscale_roi_align_backward", "grad_output-int", {"grad_output": grad(dtype=np.int32)},
+    TypeError, r"grad_output")
+for name in MULTI:
+    for what, changes, exc, match in [
+        ("missing", {"image_sizes": None}, ValueError, r"image_sizes"),
+        ("empty", {"image_sizes": []}, ValueError, r"image_sizes"),
+        ("not-pairs", {"image_sizes": [24, 28]}, ValueError, r"image_sizes"),
+        ("zero", {"image_sizes": [(0, 28)]}, ValueError, r"image_sizes"),
+        ("float", {"image_sizes": [(24.0, 28)]}, TypeError, r"image_sizes"),
+        ("and-scales", {"scales": [0.25, 0.125]}, ValueError, r"scales or image_sizes"),
+    ]:
+        add(name, f"image_sizes-{what}", changes, exc, match)
+    for what, value, exc in [
+        ("count", [0.25], ValueError), ("negative", [0.25, -0.125], ValueError),
+        ("nan", [0.25, np.nan], ValueError), ("str", "0.25", TypeError),
+        ("beyond-float32", [0.25, 1e-300], ValueError),
+    ]:
+        add(name, f"scales-{what}", {"scales": value, "image_sizes": None}, exc, r"scales")
+for name in MULTI + ("MultiScaleRoIAlign",):
+    for what, value in [("unknown", "fpn"), ("upper", "MMDET"), ("none", None), ("int", 0)]:
+        add(name, f"level_rule-{what}", {"level_rule": value}, ValueError, r"level_rule")
+    for what, value, exc in [("zero", 0, ValueError), ("nan", np.nan, ValueError),
+                             ("str", "224", TypeError), ("bool", True, TypeError)]:
+        add(name, f"canonical_scale-{what}", {"canonical_scale": value}, exc, r"canonical_scale")
+    for what, value, exc in [("float", 4.0, TypeError), ("str", "4", TypeError),
+                             ("too-big", 2**40, ValueError)]:
+        add(name, f"canonical_level-{what}", {"canonical_level": value}, exc, r"canonical_level")
+for what, value, exc in [("str", "p2", TypeError), ("empty", [], ValueError),
+                         ("repeated", ["p2", "p2"], ValueError), ("none", None, TypeError)]:
+    add("MultiScaleRoIAlign", f"featmap_names-{what}", {"featmap_names": value}, exc,
+        r"featmap_names")
+add("multiscale_roi_align", "out-shape", {"out": np.zeros((N, C, PH, PW + 1), np.float32)},
+    ValueError, r"\bout\b.*shape")
+add("multiscale_roi_align", "out-dtype", {"out": np.zeros((N, C, PH, PW), np.float64)},
+    ValueError, r"\bout\b.*dtype")
+add("multiscale_roi_align", "out-readonly",
+    {"out": lambda kw: readonly(np.zeros((N, C, PH, PW), np.float32))}, ValueError,
+    r"\bout\b.*read-only")
+add("multiscale_roi_align", "out-overlaps-level",
+    {"out": lambda kw: kw["features"][1][:, :, :PH, :PW]}, ValueError,
+    r"\bout\b.*overlaps.*features", crash_prone=True)
+add("multiscale_roi_align", "out-overlaps-boxes", {"out": out_overlapping_boxes}, ValueError,
+    r"\bout\b.*overlaps", crash_prone=True)
+add("multiscale_roi_align_backward", "out-array",
+    {"out": np.zeros(LEVEL_SHAPES[0], np.float32)}, TypeError, r"\bout\b.*list")
+add("multiscale_roi_align_backward", "out-count",
+    {"out": lambda kw: [np.zeros(LEVEL_SHAPES[0], np.float32)]}, ValueError, r"\bout\b")
+add("multiscale_roi_align_backward", "out-level-shape",
+    {"out": lambda kw: [np.zeros(LEVEL_SHAPES[0], np.float32), np.zeros((N, C, 3, 5), np.float32)]},
+    ValueError, r"out\[1\].*shape")
+add("multiscale_roi_align_backward", "out-levels-overlap",
+    {"out": lambda kw: _overlapping_level_outs()}, ValueError, r"out\[1\] overlaps out\[0\]",
+    crash_prone=True)
+add("multiscale_roi_align_backward", "out-overlaps-grad_output",
+    {"out": _level_outs_over_grad_output}, ValueError, r"out\[0\].*overlaps.*grad_output",
+    crash_prone=True)
+# assign_levels
+for what, changes, exc, match in [
+    ("boxes-1d", {"boxes": np.zeros(4)}, ValueError, r"boxes.*shape"),
+    ("boxes-K3", {"boxes": np.zeros((2, 3))}, ValueError, r"boxes.*shape"),
+    ("boxes-K6", {"boxes": np.zeros((2, 6))}, ValueError, r"boxes.*shape"),
+    ("boxes-complex", {"boxes": np.zeros((2, 4), complex)}, TypeError, r"boxes"),
+    ("boxes-str", {"boxes": np.full((2, 4), "1")}, TypeError, r"boxes"),
+    ("boxes-nan", {"boxes": bad_row(np.nan, 2)}, ValueError, r"boxes row 1\b"),
+    ("boxes-inf", {"boxes": bad_row(np.inf, 3)}, ValueError, r"boxes row 1\b"),
+    ("boxes-list-item-K5", {"boxes": [np.zeros((1, 4)), np.zeros((1, 5))]}, ValueError,
+     r"boxes\[1\]"),
+    ("k_min-float", {"k_min": 2.0}, TypeError, r"k_min"),
+    ("k_min-str", {"k_min": "2"}, TypeError, r"k_min"),
+    ("k_max-none", {"k_max": None}, TypeError, r"k_max"),
+    ("k_max-below-k_min", {"k_max": 1}, ValueError, r"k_max"),
+    ("k_max-too-big", {"k_max": 2**40}, ValueError, r"k_max"),
+    ("rule-unknown", {"rule": "fpn"}, ValueError, r"rule"),
+    ("rule-none", {"rule": None}, ValueError, r"rule"),
+    ("rule-upper", {"rule": "Torchvision"}, ValueError, r"rule"),
+    ("canonical_scale-zero", {"canonical_scale": 0}, ValueError, r"canonical_scale"),
+    ("canonical_scale-negative", {"canonical_scale": -224}, ValueError, r"canonical_scale"),
+    ("canonical_scale-str", {"canonical_scale": "224"}, TypeError, r"canonical_scale"),
+    ("canonical_level-float", {"canonical_level": 4.0}, TypeError, r"canonical_level"),
+    ("canonical_level-bool", {"canonical_level": True}, TypeError, r"canonical_level"),
+]:
+    add("assign_levels", what, changes, exc, match)
 
 
 CASES_BY_ID = {case.id: case for case in CASES}

@@ -75,6 +75,19 @@ def pool_maybe_argmax(flag: bool) -> Union[Pooled, Tuple[Pooled, ArgMax]]:
     return roi_pool(features, boxes, 7, return_argmax=flag)
 
 
+pyramid = [np.random.rand(2, 8, 40 // s, 60 // s).astype(np.float32) for s in (1, 2)]
+sizes: List[Tuple[int, int]] = [(160, 240), (160, 240)]
+fpn: Pooled = roialign_cy.multiscale_roi_align(pyramid, boxes, 7, 2, image_sizes=sizes)
+fpn = roialign_cy.multiscale_roi_align({"p2": pyramid[0], "p3": pyramid[1]}, per_image, (7, 7),
+                                       featmap_names=["p2", "p3"], scales=[0.25, 0.125],
+                                       level_rule="mmdet", num_threads=2)
+level_grads: List[Pooled] = roialign_cy.multiscale_roi_align_backward(
+    np.ones_like(fpn), boxes, [p.shape for p in pyramid], 7, 2, image_sizes=sizes)
+fpn_head = roialign_cy.MultiScaleRoIAlign(["p2", "p3"], 7, 2, level_rule="detectron2")
+fpn = fpn_head({"p2": pyramid[0], "p3": pyramid[1]}, boxes, sizes)
+level_grads = fpn_head.backward(np.ones_like(fpn), boxes, [p.shape for p in pyramid], sizes)
+levels: npt.NDArray[np.int64] = roialign_cy.assign_levels(boxes[:, 1:], 2, 3, rule="torchvision")
+
 head = RoIAlign(7, spatial_scale=1 / 16, sampling_ratio=2, aligned=True, layout="NCHW")
 pooled = head(features, boxes)
 grad = head.backward(np.ones_like(pooled), boxes, features.shape)
