@@ -109,7 +109,8 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out,
                               position_sensitive=True)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, None, grouped=False, packable=False)
+        # grouped: work items are (image, channel block), each pooling all its image's RoIs
+        plan = _plan.plan(call, num_threads, None, grouped=True, packable=False)
         _plan.run(KERNELS, "forward", build, call, plan, (sampling_ratio, call.kernel_out),
                   "ps_roi_align")
     return _args.deliver(call)

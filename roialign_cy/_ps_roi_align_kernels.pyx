@@ -118,20 +118,19 @@ cdef inline floating exact_inverse(floating count) noexcept nogil:
     return <floating>1 / count
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
-                      const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every bin of every output channel of RoI k. Bins outer, then
-    samples in torchvision's order (iy outer, ix inner), then the bin's output channels (one
-    plane each, PH * PW planes apart)."""
+cdef inline bint pool_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+                          Py_ssize_t c0, Py_ssize_t c1, const floating* type_tag) noexcept nogil:
+    """Forward of RoI k for the output bins whose input channel lies in [c0, c1), reading
+    the map in place. Bins outer, then samples in torchvision's order (iy outer, ix inner),
+    then the bin's output channels (one plane each, PH * PW planes apart)."""
     cdef const Geometry* g = &call.g
     cdef SampleTable* table = &scratch.table
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
     cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
     cdef floating* acc = <floating*>scratch.buffers[0]
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef Py_ssize_t n_out = g.channels // n_bins
     cdef Py_ssize_t plane_step = n_bins * g.channel_stride  # from c_in to c_in + PH * PW
-    cdef Py_ssize_t ph, pw, b, c, iy, ix, m
+    cdef Py_ssize_t ph, pw, b, c, iy, ix, m, n, first_out
     cdef Py_ssize_t offsets[16]
     cdef floating weights[16]
     cdef const floating* plane
@@ -145,8 +144,11 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             b = ph * g.pooled_w + pw
-            plane = image + b * g.channel_stride  # c_in of output channel 0
-            for c in range(n_out):
+            n = bin_channels(b, n_bins, c0, c1, &first_out)
+            if n <= 0:
+                continue
+            plane = image + (first_out * n_bins + b) * g.channel_stride
+            for c in range(n):
                 acc[c] = 0
             m = 0  # samples whose taps are held, up to 4: summed four at a time
             for iy in range(table.y_first[ph], table.y_first[ph + 1]):
@@ -155,14 +157,21 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                                 &offsets[4 * m], &weights[4 * m])
                     m += 1
                     if m == 4:
-                        add_four_samples(acc, plane, plane_step, n_out, offsets, weights)
+                        add_four_samples(acc, plane, plane_step, n, offsets, weights)
                         m = 0
             for iy in range(m):  # the last 1 to 3, in order
-                add_sample(acc, plane, plane_step, n_out, &offsets[4 * iy], &weights[4 * iy])
-            out_bin = out_roi + b * g.out_bin_stride
-            for c in range(n_out):
+                add_sample(acc, plane, plane_step, n, &offsets[4 * iy], &weights[4 * iy])
+            out_bin = out_roi + b * g.out_bin_stride + first_out * g.out_channel_stride
+            for c in range(n):
                 out_bin[c * g.out_channel_stride] = acc[c] / count
     return True
+
+
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+                      const floating* type_tag) noexcept nogil:
+    """Forward, work item k: every bin of every output channel of RoI k (maps too big for
+    forward_packed's buffers)."""
+    return pool_roi(call, scratch, k, 0, call.g.channels, type_tag)
 
 
 cdef inline void gather_grad(floating* grad, const KernelCall* call, Py_ssize_t k,
@@ -365,6 +374,116 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     return True
 
 
+cdef bint forward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Forward for one block of input channels of one image, from packed copies: a group of
+    bins at a time (a cache-sized buffer), bin b's planes of the block are copied pixel-major
+    (H*W, width), so that each tap reads one contiguous run of output channels (vector
+    loops) instead of a value in each of n planes; then every RoI of the image pools the
+    group's bins from them. The RoIs' axis tables are built once, into the RoI cache; when
+    they do not fit it, the item pools RoI by RoI from the map (pool_roi). Each output sums
+    its samples in torchvision's order: bit-identical to forward_roi.
+    """
+    cdef const Geometry* g = &call.g
+    cdef SampleTable* table = &scratch.table
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef const floating* image = <const floating*>call.values + it.image * g.image_stride
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t width = packed_width(g, call.block)
+    cdef Py_ssize_t bin_size = n_pixels * width
+    cdef Py_ssize_t per_group = group_bins(g, call.block, sizeof(floating))
+    cdef floating* acc = <floating*>scratch.buffers[0]
+    cdef floating* packed = <floating*>scratch.buffers[1]
+    cdef char* cache = <char*>scratch.buffers[2]
+    cdef char* cache_end = cache + ROI_CACHE_BYTES
+    cdef char* record
+    cdef Py_ssize_t c0 = it.first_channel
+    cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef Py_ssize_t j, k, c, b, b0, b1, ph, pw, iy, ix, first_out, n, pixel
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
+    cdef RoIGrid grid
+    cdef floating count, w1, w2, w3, w4
+    cdef const Py_ssize_t* y_first
+    cdef const Py_ssize_t* x_first
+    cdef const AxisSample* y_samples
+    cdef const AxisSample* x_samples
+    cdef const floating* packed_bin
+    cdef const floating* p1
+    cdef const floating* p2
+    cdef const floating* p3
+    cdef const floating* p4
+    cdef const floating* channel
+    cdef floating* row
+    cdef floating* out_bin
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True
+    record = cache
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        # taps as offsets into a packed bin: pixel (y, x) at (y * W + x) * width
+        if not roi_samples(table, <const floating*>call.boxes + 4 * k,
+                           <floating>call.spatial_scale, g, g.width * width, width, &grid):
+            return False
+        record = cache_roi(record, cache_end, table, g, <floating>grid.count)
+        if record == NULL:  # the RoIs' tables do not fit the cache: RoI by RoI
+            for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+                if not pool_roi(call, scratch, call.roi_order[j], c0, c1, type_tag):
+                    return False
+            return True
+    b1 = 0
+    while b1 < n_bins:  # bins [b0, b1): one group
+        b0 = b1
+        b1 = b0 + per_group if b0 + per_group < n_bins else n_bins
+        for b in range(b0, b1):  # copy the group's planes, pixel-major
+            n = bin_channels(b, n_bins, c0, c1, &first_out)
+            if n <= 0:
+                continue
+            row = packed + (b - b0) * bin_size
+            channel = image + (first_out * n_bins + b) * g.channel_stride
+            if not g.channels_last:
+                transpose_planes(<floating*>channel, n_bins * g.channel_stride, row, width, n,
+                                 n_pixels, True)
+                continue
+            for pixel in range(n_pixels):  # (run() only picks this kernel channels-first)
+                for c in range(n):
+                    row[pixel * width + c] = channel[pixel * g.col_stride + c * n_bins]
+        record = cache
+        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+            k = call.roi_order[j]
+            count = <floating>(<double*>record)[0]
+            y_first = <const Py_ssize_t*>(record + sizeof(double))
+            x_first = y_first + g.pooled_h + 1
+            y_samples = <const AxisSample*>(x_first + g.pooled_w + 1)
+            x_samples = y_samples + y_first[g.pooled_h]
+            record = <char*>(x_samples + x_first[g.pooled_w])
+            for b in range(b0, b1):
+                n = bin_channels(b, n_bins, c0, c1, &first_out)
+                if n <= 0:
+                    continue
+                ph = b // g.pooled_w
+                pw = b % g.pooled_w
+                packed_bin = packed + (b - b0) * bin_size
+                for c in range(n):
+                    acc[c] = 0
+                for iy in range(y_first[ph], y_first[ph + 1]):
+                    for ix in range(x_first[pw], x_first[pw + 1]):
+                        sample_taps(&y_samples[iy], &x_samples[ix], False, offsets, weights)
+                        p1 = packed_bin + offsets[0]
+                        p2 = packed_bin + offsets[1]
+                        p3 = packed_bin + offsets[2]
+                        p4 = packed_bin + offsets[3]
+                        w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
+                        for c in range(n):  # contiguous: vectorizes
+                            acc[c] = acc[c] + (w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c])
+                out_bin = (<floating*>call.result + k * g.out_roi_stride + b * g.out_bin_stride
+                           + first_out * g.out_channel_stride)
+                for c in range(n):
+                    out_bin[c * g.out_channel_stride] = acc[c] / count
+    return True
+
+
 cdef Geometry ps_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_t pooled_h,
                           Py_ssize_t pooled_w, Py_ssize_t sampling_ratio) noexcept nogil:
     """The Geometry of a map of C = C_out * PH * PW channels and its (K, C_out, PH, PW) or
@@ -388,19 +507,22 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef Py_ssize_t n_out = g.channels // (g.pooled_h * g.pooled_w)
     cdef size_t group_bytes = (group_bins(&g, block, sizeof(floating)) * g.height * g.width
                                * packed_width(&g, block) * sizeof(floating))
-    cdef bint packed = group_bytes <= MAX_GROUP_BYTES
+    # Channels-last maps are pooled in place by the forward: copying a bin's channels out of
+    # every pixel (they are PH * PW apart) costs more than it saves there.
+    cdef bint packed = group_bytes <= MAX_GROUP_BYTES and (backward or not g.channels_last)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
-    if not backward:  # axis tables, and accumulators for one bin's output channels
-        spec = scratch_spec(g.pooled_h, g.pooled_w, n_out * sizeof(floating), 0)
-    else:  # ... one bin's gradients and shares (for either kernel), and backward_packed's
-        # group of bins and RoI cache
-        spec = scratch_spec(g.pooled_h, g.pooled_w,
-                            2 * max(packed_width(&g, block), n_out) * sizeof(floating),
-                            group_bytes if packed else 0, ROI_CACHE_BYTES if packed else 0)
+    # axis tables; one bin's accumulators (forward) or gradients and shares (backward), for
+    # either kernel; the packed kernels' group of bins and RoI cache
+    spec = scratch_spec(g.pooled_h, g.pooled_w,
+                        2 * max(packed_width(&g, block), n_out) * sizeof(floating),
+                        group_bytes if packed else 0, ROI_CACHE_BYTES if packed else 0)
     with nogil:
-        if not backward:
+        if not backward and packed:
+            done = run_items(forward_packed[floating], &call, first_item, n_items,
+                             &spec, n_threads)
+        elif not backward:
             done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
                              &spec, n_threads)
         elif packed:
@@ -423,8 +545,9 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     out of memory.
 
     features (N, C, H, W), or (N, H, W, C) when channels_last, C a multiple of PH * PW;
-    out (K, C / (PH * PW), PH, PW) or (K, PH, PW, C / (PH * PW)). One work item per RoI
-    (there is no packed variant: `packed` and `block` are unused).
+    out (K, C / (PH * PW), PH, PW) or (K, PH, PW, C / (PH * PW)). Work items are (image,
+    block of `block` input channels), roi_order/image_first grouping the RoIs by image; on a
+    map too big for the packed buffers, RoIs (`packed` is unused: the kernel decides).
     """
     cdef Geometry g = ps_geometry(features.shape, channels_last, pooled_height, pooled_width,
                                   sampling_ratio)

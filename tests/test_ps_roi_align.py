@@ -328,9 +328,10 @@ def test_large_grids(sampling_ratio, layout):
                                    rtol=0, atol=1e-12)
 
 
-def test_backward_on_a_huge_map_scatters_directly_with_the_same_numbers():
-    """A map so big that one bin's packed buffer would pass 16 MB takes the direct scatter:
-    the same numbers, bit for bit, as the packed path on a small map with the same boxes."""
+def test_huge_map_reads_and_scatters_in_place_with_the_same_numbers():
+    """A map so big that one bin's packed buffer would pass 16 MB is pooled RoI by RoI and
+    scattered into directly: the same numbers, bit for bit, as the packed kernels on a small
+    map with the same boxes."""
     rng = np.random.default_rng(14)
     boxes = random_boxes(rng, 1, 20, 24, 1.0, n_boxes=20)
     boxes[:, 1:] = np.clip(boxes[:, 1:], -3, 17)  # well inside the small map too
@@ -340,12 +341,16 @@ def test_backward_on_a_huge_map_scatters_directly_with_the_same_numbers():
     np.testing.assert_array_equal(huge[:, :, :40, :40], small)
     assert not huge[:, :, 40:].any() and not huge[:, :, :, 40:].any()
     assert np.count_nonzero(small) > 100
+    huge[:, :, :40, :40] = rng.standard_normal((1, 4, 40, 40))  # now the features
+    np.testing.assert_array_equal(ps_roi_align(huge, boxes, 2, 1.0, 2),
+                                  ps_roi_align(huge[:, :, :40, :40].copy(), boxes, 2, 1.0, 2))
 
 
-def test_backward_with_more_rois_than_the_roi_cache_holds():
-    """20000 RoIs: their axis tables pass the packed backward's 16 MB RoI cache, so the
-    image takes the direct scatter; the gradient is still the sum of its RoIs' (two halves
-    computed apart agree to rounding) and the adjoint of the forward."""
+def test_more_rois_than_the_roi_cache_holds():
+    """20000 RoIs: their axis tables pass the packed kernels' 16 MB RoI cache, so the image
+    is pooled RoI by RoI from the map and its gradient scattered directly: the results are
+    the two halves' (computed apart, with the cache: bit for bit forward, to rounding
+    backward) and still each other's adjoint."""
     rng = np.random.default_rng(16)
     features = rng.standard_normal((1, 49, 12, 13))
     boxes = random_boxes(rng, 1, 12, 13, 1.0, n_boxes=20000)  # ~1 kB of tables each
@@ -354,7 +359,10 @@ def test_backward_with_more_rois_than_the_roi_cache_holds():
     halves = sum(ps_roi_align_backward(grad[part], boxes[part], features.shape, 7, 1.0, 2)
                  for part in (slice(0, 10000), slice(10000, None)))  # each fits the cache
     np.testing.assert_allclose(got, halves, rtol=1e-12, atol=1e-9)
-    pooled = ps_roi_align(features, boxes, 7, 1.0, 2)
+    pooled = ps_roi_align(features, boxes, 7, 1.0, 2)  # the forward pools RoI by RoI then
+    np.testing.assert_array_equal(pooled, np.concatenate(
+        [ps_roi_align(features, boxes[part], 7, 1.0, 2)
+         for part in (slice(0, 10000), slice(10000, None))]))
     magnitude = np.vdot(np.abs(pooled), np.abs(grad))
     assert abs(np.vdot(pooled, grad) - np.vdot(features, got)) <= 1e-12 * magnitude
 
@@ -385,18 +393,22 @@ def test_backward_is_bit_identical_for_any_thread_count(layout):
 
 @pytest.mark.parametrize("block", [1, 5, 13])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_backward_channel_blocks_that_split_bins(layout, block, monkeypatch):
+def test_channel_blocks_that_split_bins(layout, block, monkeypatch):
     """Work items of `block` input channels (boundaries that fall inside a group of PH * PW
-    bins, as a thread team may cut them) give the same gradient, bit for bit."""
+    bins, as a thread team may cut them) give the same result and gradient, bit for bit."""
     rng = np.random.default_rng([15, block])
     size, c_out = (3, 3), 4
     features, boxes = random_case(rng, size, c_out, 0.5, n_images=2, n_boxes=20)
     features = to_layout(features, layout)
     grad = rng.standard_normal(pooled_shape(len(boxes), c_out, size, layout))
-    expected = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2, layout=layout)
+    expected = ps_roi_align(features, boxes, size, 0.5, 2, layout=layout)
+    expected_grad = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2,
+                                          layout=layout)
     monkeypatch.setattr(_plan, "channel_share", lambda n_threads, n_images, channels: block)
+    np.testing.assert_array_equal(ps_roi_align(features, boxes, size, 0.5, 2, layout=layout),
+                                  expected)
     got = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2, layout=layout)
-    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, expected_grad)
 
 
 # ---- PSRoIAlign ----------------------------------------------------------------------------------
