@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Sequence, SupportsIndex, Tuple
 
+import numpy as np
 import numpy.typing as npt
 
 from roialign_cy import _args, _dispatch, _plan
@@ -22,6 +23,11 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
     _avx2 = None  # type: ignore[assignment]
 
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
+# The forward pools channels-first maps from packed copies of their planes (work items
+# (image, channel block), several times faster) unless a call has more than this many
+# sample x output evaluations: then its work items are RoIs, so that a long call runs in
+# time slices (Ctrl-C) of bounded size.
+PACKED_WORK = 1 << 26
 
 
 def _sampling_ratio(sampling_ratio: Any) -> int:
@@ -29,6 +35,21 @@ def _sampling_ratio(sampling_ratio: Any) -> int:
     if type(sampling_ratio) is int and abs(sampling_ratio) < 2**31:
         return sampling_ratio
     return _args.check_int(sampling_ratio, "sampling_ratio")
+
+
+def _packed_forward(call: _args.ForwardCall, sampling_ratio: int) -> bool:
+    """Whether the forward may pool from packed copies (see PACKED_WORK): the call's
+    evaluations, estimated from the sampling grids (adaptive: from the boxes' sizes, an
+    over-estimate for boxes reaching outside the map), are few enough."""
+    outputs = call.kernel_out.size
+    if sampling_ratio > 0:
+        return outputs * sampling_ratio * sampling_ratio <= PACKED_WORK
+    if outputs > PACKED_WORK:
+        return False
+    ph, pw = call.pooled  # the adaptive grid: ceil(roi_width / PW) x ceil(roi_height / PH)
+    sizes = (call.coords[:, 2:] - call.coords[:, :2]) * call.spatial_scale
+    samples = np.prod(np.ceil(np.maximum(sizes, 0) / (pw, ph)), axis=1).mean()
+    return bool(outputs * samples <= PACKED_WORK)
 
 
 def ps_roi_align(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
@@ -111,6 +132,7 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     if call.kernel_out.size:
         # grouped: work items are (image, channel block), each pooling all its image's RoIs
         plan = _plan.plan(call, num_threads, None, grouped=True, packable=False)
+        plan = plan._replace(packed=_packed_forward(call, sampling_ratio))
         _plan.run(KERNELS, "forward", build, call, plan, (sampling_ratio, call.kernel_out),
                   "ps_roi_align")
     return _args.deliver(call)

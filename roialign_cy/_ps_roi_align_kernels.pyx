@@ -499,9 +499,13 @@ cdef Geometry ps_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_
 cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
                     const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
                     const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
-                    Geometry g, bint backward, Py_ssize_t block, Py_ssize_t first_item,
-                    int n_threads):
-    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
+                    Geometry g, bint backward, bint packed_forward, Py_ssize_t block,
+                    Py_ssize_t first_item, int n_threads):
+    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL.
+
+    packed_forward: the forward may use forward_packed (the wrapper says no for long calls,
+    whose work items must be RoIs to run in time slices).
+    """
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
     cdef Py_ssize_t n_out = g.channels // (g.pooled_h * g.pooled_w)
@@ -509,7 +513,8 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                                * packed_width(&g, block) * sizeof(floating))
     # Channels-last maps are pooled in place by the forward: copying a bin's channels out of
     # every pixel (they are PH * PW apart) costs more than it saves there.
-    cdef bint packed = group_bytes <= MAX_GROUP_BYTES and (backward or not g.channels_last)
+    cdef bint packed = group_bytes <= MAX_GROUP_BYTES and (
+        backward or packed_forward and not g.channels_last)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t done
@@ -545,14 +550,15 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     out of memory.
 
     features (N, C, H, W), or (N, H, W, C) when channels_last, C a multiple of PH * PW;
-    out (K, C / (PH * PW), PH, PW) or (K, PH, PW, C / (PH * PW)). Work items are (image,
-    block of `block` input channels), roi_order/image_first grouping the RoIs by image; on a
-    map too big for the packed buffers, RoIs (`packed` is unused: the kernel decides).
+    out (K, C / (PH * PW), PH, PW) or (K, PH, PW, C / (PH * PW)). With `packed`, on a
+    channels-first map that fits the packed buffers, work items are (image, block of `block`
+    input channels), roi_order/image_first grouping the RoIs by image (forward_packed);
+    otherwise RoIs, read in place (forward_roi).
     """
     cdef Geometry g = ps_geometry(features.shape, channels_last, pooled_height, pooled_width,
                                   sampling_ratio)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, False, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, False, packed, block, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -570,7 +576,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     cdef Geometry g = ps_geometry(grad_input.shape, channels_last, pooled_height,
                                   pooled_width, sampling_ratio)
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, True, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, True, block, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

@@ -18,8 +18,8 @@ from reference import reference_ps_roi_align
 from roi_inputs import random_boxes, to_layout, to_nchw
 from test_limits import UNDER_ASAN, _child
 
-from roialign_cy import (PSRoIAlign, PSRoIPool, _plan, _runtime, ps_roi_align,
-                         ps_roi_align_backward)
+from roialign_cy import (PSRoIAlign, PSRoIPool, _args, _plan, _ps_roi_align, _runtime,
+                         ps_roi_align, ps_roi_align_backward)
 
 DTYPES = [np.float32, np.float64]
 LAYOUTS = ["NCHW", "NHWC"]
@@ -409,6 +409,20 @@ def test_channel_blocks_that_split_bins(layout, block, monkeypatch):
                                   expected)
     got = ps_roi_align_backward(grad, boxes, features.shape, size, 0.5, 2, layout=layout)
     np.testing.assert_array_equal(got, expected_grad)
+
+
+@pytest.mark.parametrize("sampling_ratio", [2, -1])
+def test_forward_kernels_agree(sampling_ratio, monkeypatch):
+    """The packed forward and the per-RoI one (long calls: PACKED_WORK) give the same
+    numbers, bit for bit."""
+    rng = np.random.default_rng([17, sampling_ratio + 1])
+    features, boxes = random_case(rng, (3, 3), 5, 0.5, n_images=2, n_boxes=30)
+    call = _args.forward_call(features, boxes, 3, 0.5, "NCHW", None, position_sensitive=True)
+    assert _ps_roi_align._packed_forward(call, sampling_ratio)
+    packed = ps_roi_align(features, boxes, 3, 0.5, sampling_ratio)
+    monkeypatch.setattr(_ps_roi_align, "PACKED_WORK", 0)
+    assert not _ps_roi_align._packed_forward(call, sampling_ratio)
+    np.testing.assert_array_equal(ps_roi_align(features, boxes, 3, 0.5, sampling_ratio), packed)
 
 
 # ---- PSRoIAlign ----------------------------------------------------------------------------------
