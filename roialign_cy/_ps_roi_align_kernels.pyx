@@ -8,7 +8,10 @@
 # Each RoI's axis tables (_sample_table) are built once and serve every output channel: a
 # bin's samples sit at the same pixels in every channel plane, only the plane changes with
 # c. So the loops run bins, then samples (each sample's 4 taps formed once), then the bin's
-# output channels, innermost: no per-sample table is needed.
+# output channels, innermost: no per-sample table is needed. Those channels are PH * PW
+# planes apart; the packed kernels (forward_packed on channels-first maps, backward_packed)
+# copy a cache-sized group of bins' planes pixel-major first, so that a tap's channels are
+# one contiguous vector run, and reuse the RoIs' axis tables from a RoI cache.
 
 from libc.math cimport frexp
 from libc.string cimport memcpy, memset
