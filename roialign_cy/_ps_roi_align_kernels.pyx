@@ -269,9 +269,12 @@ cdef inline char* cache_roi(char* cache, char* cache_end, const SampleTable* tab
     cache += (g.pooled_h + 1) * sizeof(Py_ssize_t)
     memcpy(cache, table.x_first, (g.pooled_w + 1) * sizeof(Py_ssize_t))
     cache += (g.pooled_w + 1) * sizeof(Py_ssize_t)
-    memcpy(cache, table.y_samples, n_y * sizeof(AxisSample))
+    # memcpy from NULL is undefined even for 0 bytes, and an empty axis has no samples array
+    if n_y > 0:
+        memcpy(cache, table.y_samples, n_y * sizeof(AxisSample))
     cache += n_y * sizeof(AxisSample)
-    memcpy(cache, table.x_samples, n_x * sizeof(AxisSample))
+    if n_x > 0:
+        memcpy(cache, table.x_samples, n_x * sizeof(AxisSample))
     return cache + n_x * sizeof(AxisSample)
 
 
