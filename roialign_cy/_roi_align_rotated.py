@@ -10,7 +10,7 @@ with the build forced, for the tests.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, SupportsIndex, Tuple, Union
+from typing import Any, Dict, Literal, Optional, Sequence, SupportsIndex, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -26,14 +26,14 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
 
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
 # Literals, not Literal["degrees", "radians"] (see _args.Layout).
-AngleUnit = Union[_args.Literal["degrees"], _args.Literal["radians"]]
+AngleUnit = Union[Literal["degrees"], Literal["radians"]]
 ANGLE_UNITS: Tuple[AngleUnit, ...] = ("degrees", "radians")
 
 
 def check_angle_unit(angle_unit: Any) -> AngleUnit:
     """angle_unit, checked: "degrees" or "radians"."""
     if type(angle_unit) is str and angle_unit in ANGLE_UNITS:
-        return angle_unit  # type: ignore[return-value]
+        return angle_unit  # type: ignore[return-value, unused-ignore]
     raise ValueError(f"angle_unit must be one of {ANGLE_UNITS}, got {angle_unit!r}")
 
 
