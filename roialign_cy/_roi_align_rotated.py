@@ -152,14 +152,15 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
             spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1, aligned: Bool = True,
             clockwise: Bool = False, angle_unit: AngleUnit = "degrees", layout: Layout = "NCHW",
             out: Optional[npt.NDArray[Any]] = None, num_threads: Optional[SupportsIndex] = None,
-            build: Optional[str] = None) -> npt.NDArray[Any]:
-    """roi_align_rotated with the build forced; None: the build picked at import."""
+            variant: Optional[str] = None, build: Optional[str] = None) -> npt.NDArray[Any]:
+    """roi_align_rotated with the kernel variant ("per_roi", "packed") and build forced;
+    None: roi_align's heuristic (_plan) and the build picked at import."""
     sampling_ratio, aligned, clockwise, degrees = _parameters(sampling_ratio, aligned,
                                                               clockwise, angle_unit)
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out, n_coords=5)
     _prepare_boxes(call.coords, aligned, clockwise, degrees)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, "per_roi", grouped=False, packable=False)
+        plan = _plan.plan(call, num_threads, variant, grouped=False)
         _plan.run(KERNELS, "forward", build, call, plan, (sampling_ratio, aligned, call.kernel_out),
                   "roi_align_rotated")
     return _args.deliver(call)
@@ -223,16 +224,16 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
              output_size: OutputSize, spatial_scale: Real = 1.0, sampling_ratio: SupportsIndex = -1,
              aligned: Bool = True, clockwise: Bool = False, angle_unit: AngleUnit = "degrees",
              layout: Layout = "NCHW", out: Optional[npt.NDArray[Any]] = None,
-             num_threads: Optional[SupportsIndex] = None,
+             num_threads: Optional[SupportsIndex] = None, variant: Optional[str] = None,
              build: Optional[str] = None) -> npt.NDArray[Any]:
-    """roi_align_rotated_backward with the build forced (see forward)."""
+    """roi_align_rotated_backward with the kernel variant and build forced (see forward)."""
     sampling_ratio, aligned, clockwise, degrees = _parameters(sampling_ratio, aligned,
                                                               clockwise, angle_unit)
     call = _args.backward_call(grad_output, boxes, input_shape, output_size, spatial_scale,
                                layout, None, False, out, n_coords=5)
     _prepare_boxes(call.coords, aligned, clockwise, degrees)
     if call.values.size:
-        plan = _plan.plan(call, num_threads, "per_roi", grouped=True, packable=False)
+        plan = _plan.plan(call, num_threads, variant, grouped=True)
         _plan.run(KERNELS, "backward", build, call, plan,
                   (sampling_ratio, aligned, call.kernel_out), "roi_align_rotated_backward")
     return _args.deliver(call)

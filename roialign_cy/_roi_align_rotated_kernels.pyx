@@ -10,10 +10,24 @@
 # rounding step is), so the inside samples form one run, found by bisection; rows that cannot
 # reach the map are skipped by a conservative bound. No table grows with the grid: samples are
 # gathered in chunks of CHUNK taps per thread.
+#
+# Channels-first maps with many RoIs per image run packed (as roi_align's packed kernels):
+# a work item packs one block of channels pixel-major (_channel_blocks), in cache, and pools
+# (or accumulates the gradient of) every RoI of its image from it, through a Geometry that
+# describes the packed block as a channels-last image of `block` channels. Each output
+# element still sums the same terms in the same order: the numbers do not change.
 
 from libc.math cimport ceil, cos, fabs, floor, fmax, fmin, isfinite, sin
+from libc.string cimport memset
 
-from roialign_cy._channel_blocks cimport BlockItem, block_item
+from roialign_cy._channel_blocks cimport (
+    BlockItem,
+    block_item,
+    pack_block,
+    pack_roi,
+    unpack_block,
+    unpack_roi,
+)
 from roialign_cy._kernel_call cimport (
     Geometry,
     KernelCall,
@@ -237,16 +251,19 @@ cdef inline void gather(const floating* image, const Geometry* g, Py_ssize_t c0,
                         floating* acc) noexcept nogil:
     """acc[c] += each of the n samples' w1*v1 + w2*v2 + w3*v3 + w4*v4, in sample order."""
     cdef Py_ssize_t c, s
-    cdef floating a
+    cdef floating a, w0, w1, w2, w3
     cdef const floating* plane
-    if g.channels_last:
+    cdef const floating* v0
+    cdef const floating* v1
+    cdef const floating* v2
+    cdef const floating* v3
+    if g.channels_last:  # channels contiguous: the channel loop is the inner, vector loop
         for s in range(n):
+            w0, w1, w2, w3 = weights[4 * s], weights[4 * s + 1], weights[4 * s + 2], weights[4 * s + 3]
+            v0, v1 = image + offsets[4 * s], image + offsets[4 * s + 1]
+            v2, v3 = image + offsets[4 * s + 2], image + offsets[4 * s + 3]
             for c in range(c0, c1):
-                plane = image + c
-                acc[c] += (weights[4 * s] * plane[offsets[4 * s]]
-                           + weights[4 * s + 1] * plane[offsets[4 * s + 1]]
-                           + weights[4 * s + 2] * plane[offsets[4 * s + 2]]
-                           + weights[4 * s + 3] * plane[offsets[4 * s + 3]])
+                acc[c] += w0 * v0[c] + w1 * v1[c] + w2 * v2[c] + w3 * v3[c]
     else:
         for c in range(c0, c1):
             plane = image + c * g.channel_stride
@@ -265,8 +282,16 @@ cdef inline void scatter(floating* grad_image, const Geometry* g, const floating
                          Py_ssize_t n) noexcept nogil:
     """Each of the n samples sends grad * w_i / count to its 4 taps (detectron2's order)."""
     cdef Py_ssize_t c, s, i
-    cdef floating grad
+    cdef floating grad, w
     cdef floating* plane
+    if g.channels_last:  # channels contiguous: the channel loop is the inner, vector loop
+        for s in range(n):
+            for i in range(4):
+                plane = grad_image + offsets[4 * s + i]
+                w = weights[4 * s + i]
+                for c in range(c0, c1):
+                    plane[c] += grad_bin[c] * w / count
+        return
     for c in range(c0, c1):
         plane = grad_image + c * g.channel_stride
         grad = grad_bin[c * g.out_channel_stride]
@@ -369,20 +394,111 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     return True
 
 
+cdef inline Geometry packed_geometry(const Geometry* g, Py_ssize_t block) noexcept nogil:
+    """The packed (H*W, block) copy of `block` channels of one image, as a channels-last
+    image, with pooled blocks (n_bins, block)."""
+    cdef Geometry p = g[0]
+    p.channels, p.channels_last = block, True
+    p.channel_stride, p.row_stride, p.col_stride = 1, g.width * block, block
+    p.out_channel_stride, p.out_bin_stride = 1, block
+    p.image_stride = g.height * g.width * block
+    p.out_roi_stride = g.pooled_h * g.pooled_w * block
+    return p
+
+
+cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                        const floating* type_tag) noexcept nogil:
+    """Packed forward: pack one channel block of one image, pool all its RoIs from it."""
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef Geometry pg = packed_geometry(g, call.block)
+    cdef Py_ssize_t* offsets = <Py_ssize_t*>scratch.buffers[0]
+    cdef floating* weights = <floating*>scratch.buffers[1]
+    cdef floating* pooled = <floating*>scratch.buffers[2]
+    cdef floating* packed = <floating*>scratch.buffers[3]
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef RotatedRoI r
+    cdef floating count
+    cdef Py_ssize_t j, k, ph, pw, i
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True
+    pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
+               it.n_channels, packed, call.block)
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        r = rotated_roi(<const floating*>call.boxes + 5 * k, <floating>call.spatial_scale, g)
+        count = <floating>r.count
+        memset(pooled, 0, n_bins * call.block * sizeof(floating))
+        for ph in range(g.pooled_h):
+            for pw in range(g.pooled_w):
+                walk_bin(&r, &pg, ph, pw, packed, pooled + (ph * g.pooled_w + pw) * call.block,
+                         <floating*>NULL, <const floating*>NULL, 0, call.block, offsets,
+                         weights)
+        for i in range(n_bins * call.block):
+            pooled[i] = pooled[i] / count
+        unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
+                   it.n_channels, call.block)
+    return True
+
+
+cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Packed backward: accumulate all the image's RoIs into a packed block, then write it
+    out once. Bit-identical to backward_share."""
+    cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
+    cdef Geometry pg = packed_geometry(g, call.block)
+    cdef Py_ssize_t* offsets = <Py_ssize_t*>scratch.buffers[0]
+    cdef floating* weights = <floating*>scratch.buffers[1]
+    cdef floating* roi_grad = <floating*>scratch.buffers[2]
+    cdef floating* packed = <floating*>scratch.buffers[3]
+    cdef RotatedRoI r
+    cdef Py_ssize_t j, k, ph, pw
+    if call.image_first[it.image] == call.image_first[it.image + 1]:
+        return True  # an image without RoIs keeps its zero gradient
+    memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        r = rotated_roi(<const floating*>call.boxes + 5 * k, <floating>call.spatial_scale, g)
+        pack_roi(<const floating*>call.values + k * g.out_roi_stride, roi_grad, g,
+                 it.first_channel, it.n_channels, call.block)
+        for ph in range(g.pooled_h):
+            for pw in range(g.pooled_w):
+                walk_bin(&r, &pg, ph, pw, <const floating*>NULL, <floating*>NULL, packed,
+                         roi_grad + (ph * g.pooled_w + pw) * call.block, 0, call.block,
+                         offsets, weights)
+    unpack_block(packed, <floating*>call.result + it.image * g.image_stride, g, it.first_channel,
+                 it.n_channels, call.block)
+    return True
+
+
 cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
                     const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
                     const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
-                    Geometry g, bint backward, Py_ssize_t block, Py_ssize_t first_item,
-                    int n_threads):
-    """Fill the KernelCall and run the work items, without the GIL."""
+                    Geometry g, bint backward, bint packed, Py_ssize_t block,
+                    Py_ssize_t first_item, int n_threads):
+    """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
-    cdef ScratchSpec spec = scratch_spec(0, 0, 4 * CHUNK * sizeof(Py_ssize_t),
-                                         4 * CHUNK * sizeof(floating),
-                                         0 if backward else g.channels * sizeof(floating))
+    cdef size_t taps = 4 * CHUNK * sizeof(Py_ssize_t)
+    cdef size_t tap_weights = 4 * CHUNK * sizeof(floating)
+    cdef ScratchSpec spec
     cdef Py_ssize_t done
+    if packed:  # a pooled (or gradient) block of one RoI and a packed block of the map
+        spec = scratch_spec(0, 0, taps, tap_weights,
+                            g.pooled_h * g.pooled_w * block * sizeof(floating),
+                            g.height * g.width * block * sizeof(floating))
+    else:
+        spec = scratch_spec(0, 0, taps, tap_weights,
+                            0 if backward else g.channels * sizeof(floating))
     with nogil:
-        if backward:
+        if packed and backward:
+            done = run_items(backward_block[floating], &call, first_item,
+                             n_block_items(&g, block), &spec, n_threads)
+        elif packed:
+            done = run_items(forward_block[floating], &call, first_item,
+                             n_block_items(&g, block), &spec, n_threads)
+        elif backward:
             done = run_items(backward_share[floating], &call, first_item,
                              n_block_items(&g, block), &spec, n_threads)
         else:
@@ -402,12 +518,13 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
 
     features (N, C, H, W), or (N, H, W, C) when channels_last; boxes (K, 5) cx, cy, w, h,
     theta (radians, counter-clockwise); out (K, C, PH, PW) or (K, PH, PW, C). Work items are
-    RoIs (`packed`, `block`, roi_order and image_first are unused).
+    RoIs unless `packed`: then (image, block of `block` channels), with roi_order/image_first
+    grouping the RoIs by image.
     """
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, False, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, False, packed, block, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -420,12 +537,12 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     `grad_input`, one time slice of it (returns as forward does).
 
     Work items are (image, block of `block` channels): no two threads write the same element,
-    no atomics.
+    no atomics; `packed` accumulates in cache-resident packed channel blocks.
     """
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, True, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, packed, block, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}
