@@ -19,6 +19,8 @@ from roialign_cy._multiscale_roi_align import (MultiScaleRoIAlign, multiscale_ro
 from roialign_cy._ps_roi_align import PSRoIAlign, ps_roi_align, ps_roi_align_backward
 from roialign_cy._ps_roi_pool import PSRoIPool, ps_roi_pool, ps_roi_pool_backward
 from roialign_cy._roi_align import RoIAlign, roi_align, roi_align_backward
+from roialign_cy._roi_align_rotated import (RoIAlignRotated, roi_align_rotated,
+                                            roi_align_rotated_backward)
 from roialign_cy._roi_pool import RoIPool, roi_pool, roi_pool_backward
 from roialign_cy._version import __version__
 
@@ -29,6 +31,7 @@ __all__ = [
     "PSRoIAlign",
     "PSRoIPool",
     "RoIAlign",
+    "RoIAlignRotated",
     "RoIPool",
     "assign_levels",
     "multiscale_roi_align",
@@ -39,6 +42,8 @@ __all__ = [
     "ps_roi_pool_backward",
     "roi_align",
     "roi_align_backward",
+    "roi_align_rotated",
+    "roi_align_rotated_backward",
     "roi_pool",
     "roi_pool_backward",
     "show_config",

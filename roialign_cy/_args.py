@@ -242,41 +242,51 @@ def _refuse_row(rows: npt.NDArray[Any], row: int, problem: int, n_images: int,
     raise ValueError(f"{name} row {row} has a NaN or infinite coordinate: {values}")
 
 
-def check_boxes(boxes: Any, n_images: int, was_3d: bool, dtype: np.dtype[Any],
-                name: str = "boxes") -> Tuple[npt.NDArray[np.intp], npt.NDArray[Any]]:
-    """Return (batch_index intp (K,), coords dtype (K, 4) C-contiguous) from any box format.
+# The coordinates of a box row, by how many there are: axis-aligned or rotated boxes.
+_ROW_NAMES = {4: "x1, y1, x2, y2", 5: "cx, cy, w, h, angle"}
 
-    Accepted: an array (K, 5) of [batch_index, x1, y1, x2, y2]; a list or tuple of N arrays
-    (K_i, 4) whose position is the batch index; (K, 4) when the input was one 3-D image.
+
+def check_boxes(boxes: Any, n_images: int, was_3d: bool, dtype: np.dtype[Any],
+                name: str = "boxes", n_coords: int = 4
+                ) -> Tuple[npt.NDArray[np.intp], npt.NDArray[Any]]:
+    """Return (batch_index intp (K,), coords dtype (K, n_coords) C-contiguous) from any box
+    format.
+
+    Accepted: an array (K, 1 + n_coords) of [batch_index, x1, y1, x2, y2] (n_coords 4) or
+    [batch_index, cx, cy, w, h, angle] (5, rotated boxes); a list or tuple of N arrays
+    (K_i, n_coords) whose position is the batch index; (K, n_coords) when the input was one
+    3-D image.
     """
-    if (type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == 5
+    width = n_coords + 1
+    if (type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == width
             and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64) and boxes.flags.c_contiguous
             and boxes.flags.aligned):
         rows = boxes  # the usual form: read in place by split_rows
     elif isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
             raise ValueError(
-                f"{name} as a list must hold one (K_i, 4) array per image: "
+                f"{name} as a list must hold one (K_i, {n_coords}) array per image: "
                 f"got {len(boxes)} for {n_images} image(s)"
             )
         parts = []
         for i, per_image in enumerate(boxes):
             part = _as_real_array(per_image, f"{name}[{i}]")
-            if part.ndim != 2 or part.shape[1] != 4:
-                raise ValueError(f"{name}[{i}] must have shape (K_i, 4), got {part.shape}")
+            if part.ndim != 2 or part.shape[1] != n_coords:
+                raise ValueError(f"{name}[{i}] must have shape (K_i, {n_coords}), got {part.shape}")
             parts.append(np.column_stack([np.full(len(part), float(i)), part]))
-        rows = np.concatenate(parts) if parts else np.zeros((0, 5))
+        rows = np.concatenate(parts) if parts else np.zeros((0, width))
     else:
         rows = _as_real_array(boxes, name)
-        if was_3d and rows.ndim == 2 and rows.shape[1] == 4:
+        if was_3d and rows.ndim == 2 and rows.shape[1] == n_coords:
             rows = np.column_stack([np.zeros(len(rows)), rows])
-        if rows.ndim != 2 or rows.shape[1] != 5:
-            expected = "(K, 5) or (K, 4)" if was_3d else "(K, 5)"
+        if rows.ndim != 2 or rows.shape[1] != width:
+            expected = f"(K, {width}) or (K, {n_coords})" if was_3d else f"(K, {width})"
             raise ValueError(
-                f"{name} must have shape {expected} [batch_index, x1, y1, x2, y2], got {rows.shape}"
+                f"{name} must have shape {expected} [batch_index, {_ROW_NAMES[n_coords]}], "
+                f"got {rows.shape}"
             )
     # Private arrays, written by the compiled check: the kernel never reads the caller's rows.
-    batch_index, coords, row, problem = _boxes.split_rows(rows, n_images, dtype)
+    batch_index, coords, row, problem = _boxes.split_rows(rows, n_images, dtype, n_coords)
     if row >= 0:
         _refuse_row(rows, row, problem, n_images, dtype, name)
     return batch_index, coords
@@ -482,7 +492,7 @@ class ForwardCall(NamedTuple):
     channels_last: bool
     map_shape: Tuple[int, int, int, int]  # values.shape
     batch_index: npt.NDArray[np.intp]  # (K,), each in [0, N)
-    coords: npt.NDArray[Any]         # (K, 4) x1, y1, x2, y2 in the features' dtype
+    coords: npt.NDArray[Any]         # (K, 4) x1, y1, x2, y2 (rotated: (K, 5)), features' dtype
     spatial_scale: float
     pooled: Tuple[int, int]          # (PH, PW)
     kernel_out: npt.NDArray[Any]     # what the kernel writes, (K, C, PH, PW) or (K, PH, PW, C)
@@ -516,13 +526,14 @@ Call = Union[ForwardCall, BackwardCall]
 
 
 def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, layout: Any,
-                 out: Any, position_sensitive: bool = False) -> ForwardCall:
+                 out: Any, position_sensitive: bool = False, n_coords: int = 4) -> ForwardCall:
     """Check a forward call (roi_align, roi_pool, ...) into a ForwardCall.
 
     Each argument's usual form takes its checker's fast route inline; any other form goes
     through the checker, which converts it or raises naming the argument.
     position_sensitive: the map's C channels must be a multiple of PH * PW and the result
-    has C / (PH * PW) channels (ps_roi_align, ps_roi_pool).
+    has C / (PH * PW) channels (ps_roi_align, ps_roi_pool). n_coords: coordinates per box
+    row (5 for rotated boxes, see check_boxes).
     """
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
@@ -542,7 +553,7 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
     if not (type(spatial_scale) is float and 0 < spatial_scale < math.inf):
         spatial_scale = check_spatial_scale(spatial_scale)
     map_shape = features.shape
-    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype)
+    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype, "boxes", n_coords)
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
     n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]
@@ -564,13 +575,14 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
 
 def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: Any,
                   spatial_scale: Any, layout: Any, input: Any, needs_input: bool, out: Any,
-                  argmax: Any = None, position_sensitive: bool = False) -> BackwardCall:
+                  argmax: Any = None, position_sensitive: bool = False,
+                  n_coords: int = 4) -> BackwardCall:
     """Check a backward call into a BackwardCall (see forward_call).
 
     needs_input: the kernel reads the forward's features (`input`), which must then match
     input_shape. argmax: roi_pool's arg-max indices, or None. position_sensitive: as in
-    forward_call, for input_shape's channels. Every argument is checked, and `out` checked
-    not to overlap any of them, before `out` is written (zeroed).
+    forward_call, for input_shape's channels; n_coords as in forward_call. Every argument is
+    checked, and `out` checked not to overlap any of them, before `out` is written (zeroed).
     """
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
@@ -586,7 +598,7 @@ def backward_call(grad_output: Any, boxes: Any, input_shape: Any, output_size: A
     if not (dtype is _FLOAT32 or dtype is _FLOAT64):
         grad_output = np.asarray(grad_output)
         dtype = compute_dtype(grad_output.dtype, "grad_output")
-    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype)
+    batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype, "boxes", n_coords)
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
     n_rois, channels = len(coords), map_shape[3] if channels_last else map_shape[1]

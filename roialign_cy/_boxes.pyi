@@ -8,7 +8,7 @@ INDEX_NOT_INTEGER: int
 INDEX_OUT_OF_RANGE: int
 
 def split_rows(rows: npt.NDArray[np.float32 | np.float64], n_images: int,
-               dtype: np.dtype) -> tuple[npt.NDArray[np.intp],
+               dtype: np.dtype, n_coords: int = ...) -> tuple[npt.NDArray[np.intp],
                                          npt.NDArray[np.float32 | np.float64], int, int]: ...
 def group_by_image(batch_index: npt.NDArray[np.intp],
                    n_images: int) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]: ...

@@ -51,14 +51,14 @@ cdef int get_buffer(object array, Py_buffer* view, int flags, Py_ssize_t n_items
     return 0
 
 
-cdef inline BoxProblem split_row(const box_real* row, Py_ssize_t n_images,
+cdef inline BoxProblem split_row(const box_real* row, Py_ssize_t n_images, Py_ssize_t n_coords,
                                  Py_ssize_t* batch_index, floating* coords) noexcept nogil:
-    """Check one row [batch_index, x1, y1, x2, y2] and write its two parts."""
+    """Check one row [batch_index, n_coords coordinates] and write its two parts."""
     cdef Py_ssize_t i
     cdef floating value
     # Read in double: a float32 row widens exactly, so the checks see the same values.
     cdef double index = row[0]
-    for i in range(4):
+    for i in range(n_coords):
         if not isfinite(<double>row[i + 1]):
             return BOX_NOT_FINITE
         value = <floating>row[i + 1]
@@ -74,21 +74,22 @@ cdef inline BoxProblem split_row(const box_real* row, Py_ssize_t n_images,
 
 
 cdef Py_ssize_t split_all(const box_real* rows, Py_ssize_t n_rois, Py_ssize_t n_images,
-                          Py_ssize_t* batch_index, floating* coords,
+                          Py_ssize_t n_coords, Py_ssize_t* batch_index, floating* coords,
                           BoxProblem* problem) noexcept nogil:
     """Split every row; return the first bad one (and set `problem`), or -1."""
     cdef Py_ssize_t k
     for k in range(n_rois):
-        problem[0] = split_row(&rows[5 * k], n_images, &batch_index[k], &coords[4 * k])
+        problem[0] = split_row(&rows[(n_coords + 1) * k], n_images, n_coords, &batch_index[k],
+                               &coords[n_coords * k])
         if problem[0] != BOX_OK:
             return k
     return -1
 
 
-def split_rows(rows, Py_ssize_t n_images, dtype):
-    """Split (K, 5) rows into batch_index (intp) and coords (K, 4) of `dtype`.
+def split_rows(rows, Py_ssize_t n_images, dtype, Py_ssize_t n_coords=4):
+    """Split (K, 1 + n_coords) rows into batch_index (intp) and coords (K, n_coords) of `dtype`.
 
-    rows: C-contiguous float32 or float64 (K, 5); dtype: float32 or float64.
+    rows: C-contiguous float32 or float64 (K, 1 + n_coords); dtype: float32 or float64.
     Returns (batch_index, coords, row, problem): row is the first bad row and problem what is
     wrong with it, or (-1, 0).
     """
@@ -97,30 +98,30 @@ def split_rows(rows, Py_ssize_t n_images, dtype):
     cdef BoxProblem problem = BOX_OK
     cdef Py_ssize_t row = -1
     batch_index = np.empty(n_rois, dtype=np.intp)
-    coords = np.empty((n_rois, 4), dtype=dtype)
-    get_buffer(rows, &rows_view, PyBUF_FORMAT, 5 * n_rois, 4, 8)
+    coords = np.empty((n_rois, n_coords), dtype=dtype)
+    get_buffer(rows, &rows_view, PyBUF_FORMAT, (n_coords + 1) * n_rois, 4, 8)
     try:
         if rows_view.format[0] not in b"fd" or rows_view.format[1] != 0:
             raise ValueError(f"internal error: rows of format {rows_view.format!r}")
         get_buffer(batch_index, &index_view, PyBUF_WRITABLE, n_rois, sizeof(Py_ssize_t))
         try:
-            get_buffer(coords, &coords_view, PyBUF_WRITABLE, 4 * n_rois, 4, 8)
+            get_buffer(coords, &coords_view, PyBUF_WRITABLE, n_coords * n_rois, 4, 8)
             try:
                 with nogil:
                     if rows_view.itemsize == 8 and coords_view.itemsize == 8:
-                        row = split_all(<const double*>rows_view.buf, n_rois, n_images,
+                        row = split_all(<const double*>rows_view.buf, n_rois, n_images, n_coords,
                                         <Py_ssize_t*>index_view.buf,
                                         <double*>coords_view.buf, &problem)
                     elif rows_view.itemsize == 8:
-                        row = split_all(<const double*>rows_view.buf, n_rois, n_images,
+                        row = split_all(<const double*>rows_view.buf, n_rois, n_images, n_coords,
                                         <Py_ssize_t*>index_view.buf,
                                         <float*>coords_view.buf, &problem)
                     elif coords_view.itemsize == 8:
-                        row = split_all(<const float*>rows_view.buf, n_rois, n_images,
+                        row = split_all(<const float*>rows_view.buf, n_rois, n_images, n_coords,
                                         <Py_ssize_t*>index_view.buf,
                                         <double*>coords_view.buf, &problem)
                     else:
-                        row = split_all(<const float*>rows_view.buf, n_rois, n_images,
+                        row = split_all(<const float*>rows_view.buf, n_rois, n_images, n_coords,
                                         <Py_ssize_t*>index_view.buf,
                                         <float*>coords_view.buf, &problem)
             finally:

@@ -438,3 +438,87 @@ def reference_ps_roi_pool(features, boxes, output_size, spatial_scale=1.0, grad_
                         count = (y_hi - y_lo) * (x_hi - x_lo)
                         grad_input[b, plane, y_lo:y_hi, x_lo:x_hi] += grad_output[k, c, ph, pw] / count
     return out if grad_output is None else (out, grad_input)
+
+
+def reference_roi_align_rotated(features, boxes, output_size, spatial_scale=1.0,
+                                sampling_ratio=-1, aligned=True, clockwise=False,
+                                degrees=True, dtype=None, grad_output=None):
+    """Rotated RoIAlign written from detectron2's ROIAlignRotated (mmcv's with aligned=False,
+    clockwise, radians): plain loops over an (N, C, H, W) map and (K, 6) boxes
+    [batch_index, cx, cy, w, h, angle].
+
+    dtype: the float type every step is rounded to, in detectron2's order (None: float64).
+    With grad_output (K, C, PH, PW) it returns the gradient w.r.t. the features instead.
+    """
+    T = np.dtype(np.float64 if dtype is None else dtype).type
+    features = np.asarray(features)
+    _, channels, height, width = features.shape
+    ph_n, pw_n = (output_size, output_size) if np.isscalar(output_size) else output_size
+    scale = T(spatial_scale)
+    result = (np.zeros((len(boxes), channels, ph_n, pw_n)) if grad_output is None
+              else np.zeros(features.shape))
+    for k, row in enumerate(np.asarray(boxes, dtype=np.float64)):
+        b = int(row[0])
+        cx, cy, w, h, angle = (T(v) for v in row[1:])
+        offset = T(0.5) if aligned else T(0.0)
+        center_w = T(cx * scale - offset)
+        center_h = T(cy * scale - offset)
+        roi_w, roi_h = T(w * scale), T(h * scale)
+        theta = T(float(angle) * math.pi / 180.0) if degrees else angle
+        theta = -theta if clockwise else theta
+        cos_t, sin_t = T(math.cos(float(theta))), T(math.sin(float(theta)))
+        if not aligned:
+            roi_w, roi_h = max(roi_w, T(1)), max(roi_h, T(1))
+        bin_h, bin_w = T(roi_h / T(ph_n)), T(roi_w / T(pw_n))
+        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / T(ph_n)))
+        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / T(pw_n)))
+        count = T(max(grid_h * grid_w, 1))
+        start_h, start_w = T(-float(roi_h) / 2.0), T(-float(roi_w) / 2.0)
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                taps = []
+                for iy in range(grid_h):
+                    yy = T(T(start_h + T(ph) * bin_h)
+                           + T(T(T(np.float32(iy) + np.float32(0.5)) * bin_h) / T(grid_h)))
+                    for ix in range(grid_w):
+                        xx = T(T(start_w + T(pw) * bin_w)
+                               + T(T(T(np.float32(ix) + np.float32(0.5)) * bin_w) / T(grid_w)))
+                        y = T(T(T(yy * cos_t) - T(xx * sin_t)) + center_h)
+                        x = T(T(T(yy * sin_t) + T(xx * cos_t)) + center_w)
+                        if not (-1 <= y <= height and -1 <= x <= width):
+                            continue
+                        y, x = max(y, T(0)), max(x, T(0))
+                        y_low, x_low = int(y), int(x)
+                        if y_low >= height - 1:
+                            y_high = y_low = height - 1
+                            y = T(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= width - 1:
+                            x_high = x_low = width - 1
+                            x = T(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly, lx = T(y - T(y_low)), T(x - T(x_low))
+                        hy, hx = T(1.0 - float(ly)), T(1.0 - float(lx))
+                        taps.append(((y_low, x_low, T(hy * hx)), (y_low, x_high, T(hy * lx)),
+                                     (y_high, x_low, T(ly * hx)), (y_high, x_high, T(ly * lx))))
+                for c in range(channels):
+                    if grad_output is not None:
+                        g = T(grad_output[k, c, ph, pw])
+                        back_count = T(grid_h * grid_w)
+                        for sample in taps:
+                            for yi, xi, wt in sample:
+                                result[b, c, yi, xi] = T(result[b, c, yi, xi]
+                                                         + T(T(g * wt) / back_count))
+                        continue
+                    plane = features[b, c]
+                    acc = T(0)
+                    for sample in taps:
+                        value = T(0)
+                        for i, (yi, xi, wt) in enumerate(sample):
+                            term = T(wt * T(plane[yi, xi]))
+                            value = term if i == 0 else T(value + term)
+                        acc = T(acc + value)
+                    result[k, c, ph, pw] = T(acc / count)
+    return result.astype(T)

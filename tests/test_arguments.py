@@ -23,6 +23,7 @@ from roialign_cy import (
     PSRoIAlign,
     PSRoIPool,
     RoIAlign,
+    RoIAlignRotated,
     RoIPool,
     _args,
     assign_levels,
@@ -34,6 +35,8 @@ from roialign_cy import (
     ps_roi_pool_backward,
     roi_align,
     roi_align_backward,
+    roi_align_rotated,
+    roi_align_rotated_backward,
     roi_pool,
     roi_pool_backward,
 )
@@ -65,6 +68,9 @@ ENTRY_POINTS = {
     "ps_roi_pool_backward": ps_roi_pool_backward,
     "PSRoIAlign": PSRoIAlign,
     "PSRoIPool": PSRoIPool,
+    "roi_align_rotated": roi_align_rotated,
+    "roi_align_rotated_backward": roi_align_rotated_backward,
+    "RoIAlignRotated": RoIAlignRotated,
 }
 
 
@@ -109,6 +115,24 @@ PS_CLASSES = ("PSRoIAlign", "PSRoIPool")
 C_PS = C * PH * PW
 
 
+# Rotated RoIAlign: box rows [batch_index, cx, cy, w, h, angle].
+ROT = ("roi_align_rotated", "roi_align_rotated_backward")
+
+
+def rotated_boxes(dtype=np.float64):
+    """Two valid rotated boxes, one per image."""
+    return np.array([[0, 2.5, 3.0, 4.0, 2.0, 30.0], [1, 3.0, 2.0, 2.0, 3.0, -45.0]], dtype=dtype)
+
+
+def bad_rotated_row(value, column, row=1):
+    """Valid rotated boxes with boxes[row, column] replaced by value."""
+    def make(kwargs):
+        rows = rotated_boxes()
+        rows[row, column] = value
+        return rows
+    return make
+
+
 def features(dtype=np.float32, shape=(N, C, H, W)):
     """A valid feature map."""
     return (np.arange(np.prod(shape)).reshape(shape) % 11).astype(dtype)
@@ -149,6 +173,11 @@ def base_kwargs(name):
                     output_size=PH, image_sizes=IMAGE_SIZES)
     if name == "MultiScaleRoIAlign":
         return dict(featmap_names=["p2", "p3"], output_size=PH, sampling_ratio=2)
+    if name == "roi_align_rotated":
+        return dict(input=features(), boxes=rotated_boxes(), output_size=PH)
+    if name == "roi_align_rotated_backward":
+        return dict(grad_output=grad(), boxes=rotated_boxes(), input_shape=(N, C, H, W),
+                    output_size=PH)
     if name == "assign_levels":
         return dict(boxes=boxes()[:, 1:], k_min=2, k_max=5)
     return dict(output_size=PH)
@@ -176,14 +205,14 @@ def readonly(array):
 
 def out_overlapping(kwargs, name):
     """An `out` of the right shape and dtype that is a view into one of the inputs."""
-    if name in FORWARD + PS_FORWARD:  # out (2, 3, 2, 2) inside the features' buffer
+    if name in FORWARD + PS_FORWARD + ("roi_align_rotated",):  # out inside the features' buffer
         return kwargs["input"][:, :C, :PH, :PW]
     if name in PS_BACKWARD:  # grad_output is a view into out
         buffer = np.zeros(N * C_PS * H * W + 64, dtype=np.float32)
         kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
         return buffer[:N * C_PS * H * W].reshape(map_shape(name))
     buffer = np.zeros(N * C * H * W + 64, dtype=np.float32)
-    if name == "roi_align_backward":  # grad_output is a view into out
+    if name in ("roi_align_backward", "roi_align_rotated_backward"):  # grad_output inside out
         kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
     else:  # out is a view into input
         kwargs["input"] = buffer[:N * C * H * W].reshape(N, C, H, W)
@@ -214,7 +243,7 @@ def _level_outs_over_grad_output(kwargs):
 
 def out_shape(name, nhwc=False):
     """Shape of the result of a valid call of `name`."""
-    if name in FORWARD + PS_FORWARD:
+    if name in FORWARD + PS_FORWARD + ("roi_align_rotated",):
         return (N, PH, PW, C) if nhwc else (N, C, PH, PW)
     return map_shape(name)
 
@@ -448,6 +477,71 @@ for name in ALL4 + PS:
     add(name, "out-overlaps-input", {"out": lambda kw, n=name: out_overlapping(kw, n)},
         ValueError, r"\bout\b.*overlaps", crash_prone=True)
 
+
+
+# ---- rotated RoIAlign --------------------------------------------------------------------------
+add("roi_align_rotated", "input-2d", {"input": features(shape=(H, W))}, ValueError, r"\binput\b")
+add("roi_align_rotated", "input-int32", {"input": features(np.int32)}, TypeError, r"\binput\b")
+add("roi_align_rotated", "input-empty-H", {"input": features(shape=(N, C, 0, W))}, ValueError,
+    r"\binput\b.*empty")
+add("roi_align_rotated_backward", "input_shape-2d", {"input_shape": (H, W)}, ValueError,
+    r"input_shape")
+add("roi_align_rotated_backward", "grad_output-shape", {"grad_output": grad((N, C, PH + 1, PW))},
+    ValueError, r"grad_output.*shape")
+add("roi_align_rotated_backward", "grad_output-int", {"grad_output": grad(dtype=np.int32)},
+    TypeError, r"grad_output")
+for name in ROT:
+    add(name, "boxes-K5", {"boxes": boxes()}, ValueError, r"boxes.*shape.*\(K, 6\)")
+    add(name, "boxes-1d", {"boxes": rotated_boxes()[0]}, ValueError, r"boxes.*shape")
+    add(name, "boxes-K5-with-4d-input", {"boxes": rotated_boxes()[:, 1:]}, ValueError,
+        r"boxes.*shape")
+    add(name, "boxes-complex", {"boxes": rotated_boxes(np.complex128)}, TypeError, r"boxes")
+    for column, label in [(1, "cx"), (2, "cy"), (3, "w"), (4, "h"), (5, "angle")]:
+        add(name, f"boxes-nan-{label}", {"boxes": bad_rotated_row(np.nan, column)}, ValueError,
+            r"boxes row 1\b", crash_prone=True)
+        add(name, f"boxes-inf-{label}", {"boxes": bad_rotated_row(np.inf, column)}, ValueError,
+            r"boxes row 1\b", crash_prone=True)
+    add(name, "boxes-overflow-float32", {"boxes": bad_rotated_row(1e39, 5)}, ValueError,
+        r"boxes row 1\b", crash_prone=True)
+    for column, label in [(3, "w"), (4, "h")]:
+        add(name, f"boxes-negative-{label}", {"boxes": bad_rotated_row(-1.0, column)}, ValueError,
+            r"boxes row 1\b.*negative", crash_prone=True)
+    for what, value in [("half", 0.5), ("minus-one", -1), ("N", N), ("nan", np.nan)]:
+        add(name, f"batch_index-{what}", {"boxes": bad_rotated_row(value, 0)}, ValueError,
+            r"boxes row 1\b.*batch index", crash_prone=True)
+    add(name, "boxes-list-short", {"boxes": [rotated_boxes()[:1, 1:]]}, ValueError, r"boxes.*list")
+    add(name, "boxes-list-item-K4", {"boxes": [rotated_boxes()[:1, 1:], boxes()[:1, 1:]]},
+        ValueError, r"boxes\[1\].*\(K_i, 5\)")
+    add(name, "boxes-list-item-nan",
+        {"boxes": [rotated_boxes()[:1, 1:], np.array([[1, 1, 1, 1, np.nan]])]}, ValueError,
+        r"boxes row 1\b", crash_prone=True)
+for name in ROT + ("RoIAlignRotated",):
+    for what, value, exc in [("zero", 0, ValueError), ("float", 2.0, TypeError),
+                             ("pair-zero", (2, 0), ValueError)]:
+        add(name, f"output_size-{what}", {"output_size": value}, exc, r"output_size")
+    for what, value, exc in [("float", 2.0, TypeError), ("none", None, TypeError),
+                             ("too-big", 2**40, ValueError)]:
+        add(name, f"sampling_ratio-{what}", {"sampling_ratio": value}, exc, r"sampling_ratio")
+    for what, value, exc in [("zero", 0.0, ValueError), ("nan", np.nan, ValueError),
+                             ("str", "1", TypeError)]:
+        add(name, f"spatial_scale-{what}", {"spatial_scale": value}, exc, r"spatial_scale")
+    add(name, "layout-lower", {"layout": "nchw"}, ValueError, r"layout")
+    for what, value in [("deg", "deg"), ("upper", "DEGREES"), ("none", None), ("int", 0)]:
+        add(name, f"angle_unit-{what}", {"angle_unit": value}, ValueError, r"angle_unit")
+    for what, value in [("str", "yes"), ("none", None), ("float", 1.0)]:
+        add(name, f"clockwise-{what}", {"clockwise": value}, TypeError, r"clockwise")
+        add(name, f"aligned-{what}", {"aligned": value}, TypeError, r"aligned")
+for name in ROT:
+    shape = out_shape(name)
+    add(name, "out-list", {"out": lambda kw, s=shape: np.zeros(s).tolist()}, TypeError, r"\bout\b")
+    add(name, "out-shape", {"out": np.zeros(shape[:-1] + (shape[-1] + 1,), np.float32)},
+        ValueError, r"\bout\b.*shape")
+    add(name, "out-float64", {"out": np.zeros(shape, np.float64)}, ValueError, r"\bout\b.*dtype")
+    add(name, "out-readonly", {"out": lambda kw, s=shape: readonly(np.zeros(s, np.float32))},
+        ValueError, r"\bout\b.*read-only")
+    add(name, "out-overlaps-input", {"out": lambda kw, n=name: out_overlapping(kw, n)},
+        ValueError, r"\bout\b.*overlaps", crash_prone=True)
+    add(name, "num_threads-zero", {"num_threads": 0}, ValueError, r"num_threads")
 
 
 class _ArrayInterface:

@@ -35,7 +35,7 @@ def operators():
 
 def test_every_operator_is_a_module_pair():
     assert operators() == ["multiscale_roi_align", "ps_roi_align", "ps_roi_pool", "roi_align",
-                           "roi_pool"]
+                           "roi_align_rotated", "roi_pool"]
     for op in operators():
         module = importlib.import_module(f"roialign_cy._{op}")
         kernels = importlib.import_module(f"roialign_cy._{op}_kernels")

@@ -35,9 +35,10 @@ import numpy as np
 import numpy.typing as npt
 
 import roialign_cy
-from roialign_cy import (PSRoIAlign, PSRoIPool, RoIAlign, RoIPool, ps_roi_align,
-                         ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward, roi_align,
-                         roi_align_backward, roi_pool, roi_pool_backward)
+from roialign_cy import (PSRoIAlign, PSRoIPool, RoIAlign, RoIAlignRotated, RoIPool,
+                         ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward,
+                         roi_align, roi_align_backward, roi_align_rotated,
+                         roi_align_rotated_backward, roi_pool, roi_pool_backward)
 
 Pooled = npt.NDArray[Any]
 ArgMax = npt.NDArray[np.int32]
@@ -119,10 +120,21 @@ ps_pool = PSRoIPool((7, 7), 1 / 4, layout="NCHW")
 ps_grad = ps_pool.backward(ps_pool(score_maps, boxes), boxes, score_maps.shape)
 ps_size: Tuple[int, int] = rfcn.output_size
 
+oriented = np.array([[0, 50.0, 40.0, 30.0, 20.0, 30.0], [1, 60.0, 30.0, 20.0, 20.0, -45.0]])
+rotated: Pooled = roi_align_rotated(features, oriented, 7, 1 / 4, 2, True, clockwise=False,
+                                    angle_unit="degrees", layout="NCHW", num_threads=2)
+rotated_grad: Pooled = roi_align_rotated_backward(rotated, oriented, features.shape, (7, 7),
+                                                  1 / 4, angle_unit="radians")
+rotated_head = RoIAlignRotated(7, 1 / 4, 2, aligned=False, clockwise=True, angle_unit="radians")
+rotated = rotated_head(features, oriented, out=rotated)
+rotated_grad = rotated_head.backward(rotated, oriented, features.shape)
+unit: str = rotated_head.angle_unit
+
 assert same and isinstance(pair, tuple) and pair[1].dtype == np.dtype(np.int32)
 assert config["version"] == version and simd in ("avx2", "baseline")
 assert isinstance(pool_maybe_argmax(True), tuple) and scalars.shape == (2, 8, 7, 7)
 assert ps_pooled.shape == (2, 2, 7, 7) and ps_grad.shape == score_maps.shape
+assert rotated.shape == pooled.shape and rotated_grad.shape == features.shape
 '''
 
 ASSERT_TYPES = '''

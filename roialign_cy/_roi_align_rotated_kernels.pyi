@@ -1,0 +1,22 @@
+# Type stub for the compiled rotated RoIAlign kernels (private; see _roi_align_rotated.py for
+# the public functions). Each is a fused function: _dispatch specializes it for float32 and
+# float64.
+from typing import Any, Callable, Dict
+
+import numpy as np
+import numpy.typing as npt
+
+_Float = np.float32 | np.float64
+_Array = npt.NDArray[_Float]
+_Index = npt.NDArray[np.intp]
+
+def forward(features: _Array, channels_last: bool, boxes: _Array, batch_index: _Index,
+            roi_order: _Index | None, image_first: _Index | None, spatial_scale: float,
+            pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool,
+            out: _Array, packed: bool, block: int, first_item: int, n_threads: int) -> int: ...
+def backward(grad_output: _Array, channels_last: bool, boxes: _Array, batch_index: _Index,
+             roi_order: _Index, image_first: _Index, spatial_scale: float, pooled_height: int,
+             pooled_width: int, sampling_ratio: int, aligned: bool, grad_input: _Array,
+             packed: bool, block: int, first_item: int, n_threads: int) -> int: ...
+
+KERNELS: Dict[str, Callable[..., int]]
