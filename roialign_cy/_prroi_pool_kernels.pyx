@@ -122,51 +122,94 @@ cdef inline bint roi_tents(TentTable* t, const floating* box, double spatial_sca
     return True
 
 
-cdef inline floating bin_integral(const floating* plane, const Geometry* g, const floating* wy,
-                                  Py_ssize_t y0, Py_ssize_t ny, const floating* wx,
-                                  Py_ssize_t x0, Py_ssize_t nx) noexcept nogil:
-    """sum over the bin's pixels of v[y0 + i, x0 + j] * wy[i] * wx[j], one channel (rows
-    outer: each row's weighted sum, then weighted by its row's tent)."""
+cdef inline void column_sums(floating* columns, const floating* plane, const Geometry* g,
+                             const floating* wy, Py_ssize_t y0, Py_ssize_t ny, Py_ssize_t x0,
+                             Py_ssize_t x1) noexcept nogil:
+    """columns[j] = sum_i wy[i] * v[y0 + i, j] for the columns j in [x0, x1) of one
+    channels-first plane: rows outer, one contiguous multiply-add per column (vectorizable
+    without reordering any sum)."""
     cdef Py_ssize_t i, j
-    cdef floating total = 0
-    cdef floating row_sum
+    cdef floating w
     cdef const floating* row
+    for j in range(x0, x1):
+        columns[j] = 0
     for i in range(ny):
-        row = plane + (y0 + i) * g.row_stride + x0 * g.col_stride
-        row_sum = 0
-        for j in range(nx):
-            row_sum = row_sum + wx[j] * row[j * g.col_stride]
-        total = total + wy[i] * row_sum
+        w = wy[i]
+        row = plane + (y0 + i) * g.row_stride
+        for j in range(x0, x1):
+            columns[j] = columns[j] + w * row[j]
+
+
+cdef inline floating weighted_sum(const floating* values, const floating* w,
+                                  Py_ssize_t n) noexcept nogil:
+    """sum_j w[j] * values[j], in order."""
+    cdef Py_ssize_t j
+    cdef floating total = 0
+    for j in range(n):
+        total = total + w[j] * values[j]
+    return total
+
+
+cdef inline void column_span(const TentTable* t, const Geometry* g, Py_ssize_t* x0,
+                             Py_ssize_t* x1) noexcept nogil:
+    """[x0, x1): the columns any bin of the RoI touches (x0 = x1 when none)."""
+    cdef Py_ssize_t pw
+    x0[0], x1[0] = g.width, 0
+    for pw in range(g.pooled_w):
+        if t.x_count[pw] > 0:
+            if t.x_first[pw] < x0[0]:
+                x0[0] = t.x_first[pw]
+            if t.x_first[pw] + t.x_count[pw] > x1[0]:
+                x1[0] = t.x_first[pw] + t.x_count[pw]
+    if x1[0] < x0[0]:
+        x0[0] = x1[0] = 0
+
+
+cdef inline floating bin_value(const floating* plane, const Geometry* g, const floating* wy,
+                               Py_ssize_t y0, Py_ssize_t ny, const floating* wx, Py_ssize_t x0,
+                               Py_ssize_t nx) noexcept nogil:
+    """sum_j wx[j] * (sum_i wy[i] * v[y0 + i, x0 + j]) of one channel plane (any strides):
+    the sums of column_sums then weighted_sum, in their order, so the same bits."""
+    cdef Py_ssize_t i, j
+    cdef floating column, total = 0
+    cdef const floating* pixel
+    for j in range(nx):
+        column = 0
+        pixel = plane + y0 * g.row_stride + (x0 + j) * g.col_stride
+        for i in range(ny):
+            column = column + wy[i] * pixel[i * g.row_stride]
+        total = total + wx[j] * column
     return total
 
 
 cdef inline void bin_integrals(floating* acc, const floating* image, const Geometry* g,
                                const floating* wy, Py_ssize_t y0, Py_ssize_t ny,
                                const floating* wx, Py_ssize_t x0, Py_ssize_t nx) noexcept nogil:
-    """acc[c] = bin_integral of every channel c of a channels-last image (channels
-    innermost: each pixel's offset computed once for all of them; the same sums in the same
-    order as bin_integral, channel by channel)."""
+    """acc[c] = bin_value of every channel c of a channels-last image, channels innermost
+    (each pixel's offset computed once for all of them; the same sums in the same order as
+    bin_value, so both layouts give the same bits)."""
     cdef Py_ssize_t i, j, c, at
     cdef floating w
-    cdef floating* row_sum = acc + g.channels  # acc holds 2 * C values
+    cdef floating* column = acc + g.channels  # acc holds 2 * C values
     for c in range(g.channels):
         acc[c] = 0
-    for i in range(ny):
+    for j in range(nx):
         for c in range(g.channels):
-            row_sum[c] = 0
-        for j in range(nx):
-            w = wx[j]
+            column[c] = 0
+        for i in range(ny):
+            w = wy[i]
             at = (y0 + i) * g.row_stride + (x0 + j) * g.col_stride
             for c in range(g.channels):
-                row_sum[c] = row_sum[c] + w * image[at + c]
-        w = wy[i]
+                column[c] = column[c] + w * image[at + c]
+        w = wx[j]
         for c in range(g.channels):
-            acc[c] = acc[c] + w * row_sum[c]
+            acc[c] = acc[c] + w * column[c]
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                       const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every bin of every channel of RoI k."""
+    """Forward of a channels-last map, work item k: every bin of every channel of RoI k
+    (channels innermost)."""
     cdef const Geometry* g = &call.g
     cdef TentTable t = table_in(scratch.buffers[0], scratch.buffers[1], scratch.buffers[2], g,
                                 type_tag)
@@ -183,34 +226,74 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             b = ph * g.pooled_w + pw
-            if g.channels_last:
-                bin_integrals(acc, image, g, <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph],
-                              <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw])
-                for c in range(g.channels):
-                    out_roi[b * g.out_bin_stride + c] = acc[c] / area
-            else:
-                for c in range(g.channels):
-                    out_roi[c * g.out_channel_stride + b] = bin_integral(
-                        image + c * g.channel_stride, g, <const floating*>t.wy + ph * g.height, t.y_first[ph],
-                        t.y_count[ph], <const floating*>t.wx + pw * g.width, t.x_first[pw],
-                        t.x_count[pw]) / area
+            bin_integrals(acc, image, g, <const floating*>t.wy + ph * g.height, t.y_first[ph],
+                          t.y_count[ph], <const floating*>t.wx + pw * g.width, t.x_first[pw],
+                          t.x_count[pw])
+            for c in range(g.channels):
+                out_roi[b * g.out_bin_stride + c] = acc[c] / area
+    return True
+
+
+cdef bint forward_roi_planes(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+                             const floating* type_tag) noexcept nogil:
+    """Forward of a channels-first map, work item k: every bin of every channel of RoI k,
+    plane by plane; a bin row's column sums first (column_sums), then each bin's weighted
+    sum of them."""
+    cdef const Geometry* g = &call.g
+    cdef TentTable t = table_in(scratch.buffers[0], scratch.buffers[1], scratch.buffers[2], g,
+                                type_tag)
+    cdef floating* columns = <floating*>scratch.buffers[3]
+    cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
+    cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
+    cdef Py_ssize_t ph, pw, c, b, x0, x1
+    cdef floating area
+    cdef floating* out_plane
+    if not roi_tents(&t, <const floating*>call.boxes + 4 * k, call.spatial_scale, g):
+        for b in range(g.out_roi_stride):
+            out_roi[b] = 0
+        return True
+    area = <floating>t.area
+    column_span(&t, g, &x0, &x1)
+    for c in range(g.channels):
+        out_plane = out_roi + c * g.out_channel_stride
+        for ph in range(g.pooled_h):
+            column_sums(columns, image + c * g.channel_stride, g,
+                        <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph],
+                        x0, x1)
+            for pw in range(g.pooled_w):
+                out_plane[ph * g.pooled_w + pw] = weighted_sum(
+                    columns + t.x_first[pw], <const floating*>t.wx + pw * g.width,
+                    t.x_count[pw]) / area
     return True
 
 
 cdef inline void bin_spread(floating* plane, Py_ssize_t plane_step, Py_ssize_t n,
-                            const floating* share, const Geometry* g, const floating* wy,
-                            Py_ssize_t y0, Py_ssize_t ny, const floating* wx, Py_ssize_t x0,
-                            Py_ssize_t nx) noexcept nogil:
-    """Backward of bin_integral: share[c] * wy[i] * wx[j] added to pixel (y0 + i, x0 + j) of
-    each of the n planes (plane + c * plane_step)."""
+                            const floating* share, floating* row_share, const Geometry* g,
+                            const floating* wy, Py_ssize_t y0, Py_ssize_t ny,
+                            const floating* wx, Py_ssize_t x0, Py_ssize_t nx) noexcept nogil:
+    """Backward of bin_value: (share[c] * wy[i]) * wx[j] added to pixel (y0 + i, x0 + j) of
+    each of the n planes (plane + c * plane_step); row_share: scratch for n values. A
+    channels-first plane (n = 1, unit column stride) takes one contiguous multiply-add per
+    row."""
     cdef Py_ssize_t i, j, c, at
     cdef floating w
+    cdef floating* row
+    if not g.channels_last:
+        for c in range(n):
+            for i in range(ny):
+                w = share[c] * wy[i]
+                row = plane + c * plane_step + (y0 + i) * g.row_stride + x0
+                for j in range(nx):
+                    row[j] = row[j] + w * wx[j]
+        return
     for i in range(ny):
+        for c in range(n):
+            row_share[c] = share[c] * wy[i]
         for j in range(nx):
-            w = wy[i] * wx[j]
+            w = wx[j]
             at = (y0 + i) * g.row_stride + (x0 + j) * g.col_stride
             for c in range(n):
-                plane[c * plane_step + at] += share[c] * w
+                plane[c * plane_step + at] += row_share[c] * w
 
 
 cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
@@ -239,7 +322,7 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                     share[c] = grad_roi[(it.first_channel + c) * g.out_channel_stride
                                         + b * g.out_bin_stride] / area
                 bin_spread(grad_image + it.first_channel * g.channel_stride, g.channel_stride,
-                           it.n_channels, share, g, <const floating*>t.wy + ph * g.height, t.y_first[ph],
+                           it.n_channels, share, share + g.channels, g, <const floating*>t.wy + ph * g.height, t.y_first[ph],
                            t.y_count[ph], <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw])
     return True
 
@@ -311,7 +394,7 @@ cdef bint box_backward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t 
                 if sum_out == 0:  # as mmcv: no gradient, no reads
                     continue
                 plane = image + c * g.channel_stride
-                value = <double>(bin_integral(plane, g, wy, y0, ny, wx, x0, nx) / area)
+                value = <double>(bin_value(plane, g, wy, y0, ny, wx, x0, nx) / area)
                 px1 = (-<double>line_at(plane, g, t.bin_x1[pw], False, wy, y0, ny)
                        + height * value) / t.area * s
                 px2 = (<double>line_at(plane, g, t.bin_x2[pw], False, wy, y0, ny)
@@ -342,12 +425,16 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating* feature
     cdef ScratchSpec spec = scratch_spec(
         0, 0, (g.pooled_h * g.height + g.pooled_w * g.width) * sizeof(floating),
         2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t),
-        2 * (g.pooled_h + g.pooled_w) * sizeof(double), 2 * g.channels * sizeof(floating) + 1)
+        2 * (g.pooled_h + g.pooled_w) * sizeof(double), (2 * g.channels + g.width) * sizeof(floating))
     cdef Py_ssize_t done
     with nogil:
         if direction == 0:
-            done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
-                             &spec, n_threads)
+            if g.channels_last:
+                done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
+                                 &spec, n_threads)
+            else:
+                done = run_items(forward_roi_planes[floating], &call, first_item,
+                                 boxes.shape[0], &spec, n_threads)
         elif direction == 1:
             done = run_items(backward_share[floating], &call, first_item,
                              n_block_items(&g, block), &spec, n_threads)
