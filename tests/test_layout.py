@@ -34,12 +34,14 @@ def operators():
 
 
 def test_every_operator_is_a_module_pair():
-    assert operators() == ["multiscale_roi_align", "ps_roi_align", "ps_roi_pool", "roi_align",
-                           "roi_pool"]
+    assert operators() == ["multiscale_roi_align", "prroi_pool", "ps_roi_align", "ps_roi_pool",
+                           "roi_align", "roi_pool"]
     for op in operators():
         module = importlib.import_module(f"roialign_cy._{op}")
         kernels = importlib.import_module(f"roialign_cy._{op}_kernels")
-        assert sorted(kernels.KERNELS) == ["backward", "forward"]
+        # prroi_pool's box gradient is a third direction
+        extra = ["box_backward"] if op == "prroi_pool" else []
+        assert sorted(kernels.KERNELS) == ["backward"] + extra + ["forward"]
         # The public functions and their class live in the operator's own module.
         public = [name for name in roialign_cy.__all__
                   if getattr(getattr(roialign_cy, name), "__module__", None) == module.__name__]
