@@ -22,6 +22,10 @@ except ImportError:  # not built: not x86-64, or a compiler without -mavx2
     _avx2 = None  # type: ignore[assignment]
 
 KERNELS = _dispatch.kernel_table(_baseline, _avx2)
+# A channels-first forward pools an image's RoIs over blocks of channels whose planes fill
+# about this many bytes, so that they stay in a core's cache while every RoI reads them
+# (each RoI reads all the pixels it covers: per RoI, the planes would come from memory).
+FORWARD_BLOCK_BYTES = 1 << 20
 # prroi_pool_backward(..., box_grad=True): the gradients w.r.t. the features and the boxes.
 Gradients = Tuple[npt.NDArray[Any], npt.NDArray[Any]]
 
@@ -80,9 +84,23 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     """prroi_pool with the build forced; None: the build picked at import."""
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, None, grouped=False, packable=False)
+        channels_first = not call.channels_last
+        plan = _plan.plan(call, num_threads, None, grouped=channels_first, packable=False)
+        if channels_first:
+            plan = plan._replace(block=_forward_block(call.map_shape, call.values.itemsize,
+                                                      plan.n_threads))
         _plan.run(KERNELS, "forward", build, call, plan, (call.kernel_out,), "prroi_pool")
     return _args.deliver(call)
+
+
+def _forward_block(map_shape: Tuple[int, ...], itemsize: int, n_threads: int) -> int:
+    """Channels per (image, channel block) work item of a channels-first forward: planes
+    of about FORWARD_BLOCK_BYTES, and enough items for every thread."""
+    n_images, channels, height, width = map_shape
+    block = max(1, min(channels, FORWARD_BLOCK_BYTES // max(1, height * width * itemsize)))
+    while block > 1 and n_images * -(-channels // block) < 4 * n_threads:
+        block //= 2
+    return block
 
 
 @overload

@@ -234,36 +234,40 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     return True
 
 
-cdef bint forward_roi_planes(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
-                             const floating* type_tag) noexcept nogil:
-    """Forward of a channels-first map, work item k: every bin of every channel of RoI k,
-    plane by plane; a bin row's column sums first (column_sums), then each bin's weighted
-    sum of them."""
+cdef bint forward_planes(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
+                         const floating* type_tag) noexcept nogil:
+    """Forward of a channels-first map, work item (image, channel block): every bin of the
+    block's channels of all the image's RoIs, RoI by RoI, plane by plane, so that the
+    block's planes stay in the cache while all the image's RoIs read them. A bin row's
+    column sums first (column_sums), then each bin's weighted sum of them."""
     cdef const Geometry* g = &call.g
+    cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef TentTable t = table_in(scratch.buffers[0], scratch.buffers[1], scratch.buffers[2], g,
                                 type_tag)
     cdef floating* columns = <floating*>scratch.buffers[3]
-    cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
-    cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
-    cdef Py_ssize_t ph, pw, c, b, x0, x1
+    cdef const floating* image = <const floating*>call.values + it.image * g.image_stride
+    cdef Py_ssize_t j, k, ph, pw, c, x0, x1
     cdef floating area
     cdef floating* out_plane
-    if not roi_tents(&t, <const floating*>call.boxes + 4 * k, call.spatial_scale, g):
-        for b in range(g.out_roi_stride):
-            out_roi[b] = 0
-        return True
-    area = <floating>t.area
-    column_span(&t, g, &x0, &x1)
-    for c in range(g.channels):
-        out_plane = out_roi + c * g.out_channel_stride
-        for ph in range(g.pooled_h):
-            column_sums(columns, image + c * g.channel_stride, g,
-                        <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph],
-                        x0, x1)
-            for pw in range(g.pooled_w):
-                out_plane[ph * g.pooled_w + pw] = weighted_sum(
-                    columns + t.x_first[pw], <const floating*>t.wx + pw * g.width,
-                    t.x_count[pw]) / area
+    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        k = call.roi_order[j]
+        out_plane = <floating*>call.result + k * g.out_roi_stride
+        if not roi_tents(&t, <const floating*>call.boxes + 4 * k, call.spatial_scale, g):
+            for c in range(it.first_channel * g.out_channel_stride,
+                           (it.first_channel + it.n_channels) * g.out_channel_stride):
+                out_plane[c] = 0
+            continue
+        area = <floating>t.area
+        column_span(&t, g, &x0, &x1)
+        for c in range(it.first_channel, it.first_channel + it.n_channels):
+            for ph in range(g.pooled_h):
+                column_sums(columns, image + c * g.channel_stride, g,
+                            <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph],
+                            x0, x1)
+                for pw in range(g.pooled_w):
+                    out_plane[c * g.out_channel_stride + ph * g.pooled_w + pw] = weighted_sum(
+                        columns + t.x_first[pw], <const floating*>t.wx + pw * g.width,
+                        t.x_count[pw]) / area
     return True
 
 
@@ -433,8 +437,8 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating* feature
                 done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
                                  &spec, n_threads)
             else:
-                done = run_items(forward_roi_planes[floating], &call, first_item,
-                                 boxes.shape[0], &spec, n_threads)
+                done = run_items(forward_planes[floating], &call, first_item,
+                                 n_block_items(&g, block), &spec, n_threads)
         elif direction == 1:
             done = run_items(backward_share[floating], &call, first_item,
                              n_block_items(&g, block), &spec, n_threads)
@@ -452,7 +456,9 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             int n_threads):
     """Precise RoI Pooling forward into `out`, one time slice of it (see
     _work_items.run_items): the next item to run from first_item on, 0 when done, -1 when
-    out of memory. One work item per RoI (`packed` and `block` are unused)."""
+    out of memory. Work items: RoIs on a channels-last map; (image, block of `block`
+    channels) on a channels-first one, whose RoIs roi_order and image_first group by image
+    (`packed` is unused)."""
     cdef Geometry g = make_geometry(&features.shape[0], channels_last, pooled_height,
                                     pooled_width, 0, False)
     return run(features, NULL, boxes, batch_index, roi_order, image_first, spatial_scale,
