@@ -126,18 +126,32 @@ cdef inline void column_sums(floating* columns, const floating* plane, const Geo
                              const floating* wy, Py_ssize_t y0, Py_ssize_t ny, Py_ssize_t x0,
                              Py_ssize_t x1) noexcept nogil:
     """columns[j] = sum_i wy[i] * v[y0 + i, j] for the columns j in [x0, x1) of one
-    channels-first plane: rows outer, one contiguous multiply-add per column (vectorizable
-    without reordering any sum)."""
-    cdef Py_ssize_t i, j
-    cdef floating w
-    cdef const floating* row
+    channels-first plane, rows in order: one contiguous multiply-add per column
+    (vectorizable without reordering any sum), four rows per pass over the columns (the
+    same additions in the same order, a quarter of the loads and stores of columns)."""
+    cdef Py_ssize_t i = 0, j
+    cdef floating w0, w1, w2, w3
+    cdef const floating* r0
+    cdef const floating* r1
+    cdef const floating* r2
+    cdef const floating* r3
     for j in range(x0, x1):
         columns[j] = 0
-    for i in range(ny):
-        w = wy[i]
-        row = plane + (y0 + i) * g.row_stride
+    while i + 4 <= ny:
+        w0, w1, w2, w3 = wy[i], wy[i + 1], wy[i + 2], wy[i + 3]
+        r0 = plane + (y0 + i) * g.row_stride
+        r1 = r0 + g.row_stride
+        r2 = r1 + g.row_stride
+        r3 = r2 + g.row_stride
         for j in range(x0, x1):
-            columns[j] = columns[j] + w * row[j]
+            columns[j] = (((columns[j] + w0 * r0[j]) + w1 * r1[j]) + w2 * r2[j]) + w3 * r3[j]
+        i += 4
+    while i < ny:
+        w0 = wy[i]
+        r0 = plane + (y0 + i) * g.row_stride
+        for j in range(x0, x1):
+            columns[j] = columns[j] + w0 * r0[j]
+        i += 1
 
 
 cdef inline floating weighted_sum(const floating* values, const floating* w,
