@@ -372,21 +372,42 @@ cdef inline floating line_at(const floating* plane, const Geometry* g, double x,
     return total
 
 
+cdef inline double column_line(const floating* columns, double x, Py_ssize_t x0,
+                               Py_ssize_t x1) noexcept nogil:
+    """The integral along a bin's column edge at x from its row's column sums (see
+    column_sums, over [x0, x1)): the sums interpolated linearly at x, 0 outside."""
+    cdef Py_ssize_t p0
+    cdef double t, total = 0
+    if not (x > -1.0 and x < <double>x1):
+        return 0
+    p0 = <Py_ssize_t>floor(x)
+    t = x - <double>p0
+    if p0 >= x0:
+        total = (1.0 - t) * <double>columns[p0]
+    if p0 + 1 >= x0 and p0 + 1 < x1:
+        total = total + t * <double>columns[p0 + 1]
+    return total
+
+
 cdef bint box_backward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
                            const floating* type_tag) noexcept nogil:
     """Box gradient, work item k: mmcv's derivative of every bin of RoI k w.r.t. its box
-    corners (in input coordinates: times spatial_scale), summed over channels then bins in
-    one order; row k of the (K, 5) result, 0 in the batch column."""
+    corners (in input coordinates: times spatial_scale), summed over channels, then bins,
+    in one order; row k of the (K, 5) result, 0 in the batch column. On a channels-first
+    map a bin row's column sums (as the forward's) give its values and its column-edge
+    integrals at once."""
     cdef const Geometry* g = &call.g
     cdef TentTable t = table_in(scratch.buffers[0], scratch.buffers[1], scratch.buffers[2], g,
                                 type_tag)
+    cdef floating* columns = <floating*>scratch.buffers[3]
     cdef const floating* image = <const floating*>call.features + call.batch_index[k] * g.image_stride
     cdef const floating* grad_roi = <const floating*>call.values + k * g.out_roi_stride
     cdef floating* grad_box = <floating*>call.result + 5 * k
     cdef double s = call.spatial_scale
     cdef double gx1 = 0, gy1 = 0, gx2 = 0, gy2 = 0
-    cdef double grad, sum_out, value, px1, px2, py1, py2, height, width, fw0, fw1, fh0, fh1
-    cdef Py_ssize_t ph, pw, c, b, y0, ny, x0, nx
+    cdef double grad, value, line_x1, line_x2, px1, px2, py1, py2, height, width
+    cdef double fw0, fw1, fh0, fh1
+    cdef Py_ssize_t ph, pw, c, y0, ny, x0, nx, span0, span1
     cdef const floating* plane
     cdef const floating* wy
     cdef const floating* wx
@@ -395,28 +416,35 @@ cdef bint box_backward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t 
     if not roi_tents(&t, <const floating*>call.boxes + 4 * k, s, g):
         return True
     area = <floating>t.area
-    for ph in range(g.pooled_h):
-        wy, y0, ny = <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph]
-        height = t.bin_y2[ph] - t.bin_y1[ph]
-        fh0 = 1.0 - <double>ph / <double>g.pooled_h
-        fh1 = 1.0 - <double>(ph + 1) / <double>g.pooled_h
-        for pw in range(g.pooled_w):
-            wx, x0, nx = <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw]
-            width = t.bin_x2[pw] - t.bin_x1[pw]
-            fw0 = 1.0 - <double>pw / <double>g.pooled_w
-            fw1 = 1.0 - <double>(pw + 1) / <double>g.pooled_w
-            b = ph * g.pooled_w + pw
-            for c in range(g.channels):
-                grad = <double>grad_roi[c * g.out_channel_stride + b * g.out_bin_stride]
-                sum_out = grad / t.area
-                if sum_out == 0:  # as mmcv: no gradient, no reads
+    column_span(&t, g, &span0, &span1)
+    for c in range(g.channels):
+        plane = image + c * g.channel_stride
+        for ph in range(g.pooled_h):
+            wy, y0, ny = <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph]
+            height = t.bin_y2[ph] - t.bin_y1[ph]
+            fh0 = 1.0 - <double>ph / <double>g.pooled_h
+            fh1 = 1.0 - <double>(ph + 1) / <double>g.pooled_h
+            if not g.channels_last:
+                column_sums(columns, plane, g, wy, y0, ny, span0, span1)
+            for pw in range(g.pooled_w):
+                grad = <double>grad_roi[c * g.out_channel_stride
+                                        + (ph * g.pooled_w + pw) * g.out_bin_stride]
+                if grad / t.area == 0:  # as mmcv: no gradient
                     continue
-                plane = image + c * g.channel_stride
-                value = <double>(bin_value(plane, g, wy, y0, ny, wx, x0, nx) / area)
-                px1 = (-<double>line_at(plane, g, t.bin_x1[pw], False, wy, y0, ny)
-                       + height * value) / t.area * s
-                px2 = (<double>line_at(plane, g, t.bin_x2[pw], False, wy, y0, ny)
-                       - height * value) / t.area * s
+                wx, x0, nx = <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw]
+                width = t.bin_x2[pw] - t.bin_x1[pw]
+                fw0 = 1.0 - <double>pw / <double>g.pooled_w
+                fw1 = 1.0 - <double>(pw + 1) / <double>g.pooled_w
+                if g.channels_last:
+                    value = <double>(bin_value(plane, g, wy, y0, ny, wx, x0, nx) / area)
+                    line_x1 = <double>line_at(plane, g, t.bin_x1[pw], False, wy, y0, ny)
+                    line_x2 = <double>line_at(plane, g, t.bin_x2[pw], False, wy, y0, ny)
+                else:
+                    value = <double>(weighted_sum(columns + x0, wx, nx) / area)
+                    line_x1 = column_line(columns, t.bin_x1[pw], span0, span1)
+                    line_x2 = column_line(columns, t.bin_x2[pw], span0, span1)
+                px1 = (-line_x1 + height * value) / t.area * s
+                px2 = (line_x2 - height * value) / t.area * s
                 py1 = (-<double>line_at(plane, g, t.bin_y1[ph], True, wx, x0, nx)
                        + width * value) / t.area * s
                 py2 = (<double>line_at(plane, g, t.bin_y2[ph], True, wx, x0, nx)
