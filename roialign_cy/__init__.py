@@ -16,6 +16,7 @@ from roialign_cy._config import show_config
 from roialign_cy._levels import assign_levels
 from roialign_cy._multiscale_roi_align import (MultiScaleRoIAlign, multiscale_roi_align,
                                                multiscale_roi_align_backward)
+from roialign_cy._prroi_pool import PrRoIPool, prroi_pool, prroi_pool_backward
 from roialign_cy._ps_roi_align import PSRoIAlign, ps_roi_align, ps_roi_align_backward
 from roialign_cy._ps_roi_pool import PSRoIPool, ps_roi_pool, ps_roi_pool_backward
 from roialign_cy._roi_align import RoIAlign, roi_align, roi_align_backward
@@ -30,12 +31,15 @@ __all__ = [
     "MultiScaleRoIAlign",
     "PSRoIAlign",
     "PSRoIPool",
+    "PrRoIPool",
     "RoIAlign",
     "RoIAlignRotated",
     "RoIPool",
     "assign_levels",
     "multiscale_roi_align",
     "multiscale_roi_align_backward",
+    "prroi_pool",
+    "prroi_pool_backward",
     "ps_roi_align",
     "ps_roi_align_backward",
     "ps_roi_pool",

@@ -434,7 +434,8 @@ def check_grad_output(grad_output: Any,
 
 def check_matching_input(input: Any, shape: Tuple[int, ...], dtype: np.dtype[Any],
                          name: str = "input") -> npt.NDArray[Any]:
-    """Return `input` (needed to find arg-max samples) as canonical `dtype` of `shape`."""
+    """Return `input` (the forward's features, which the kernel reads) as canonical `dtype`
+    of the 4-D `shape` (a 3-D `input` only for one image)."""
     if input is None:
         raise ValueError(f"{name} is required: max pooling's gradient needs the features")
     if (type(input) is np.ndarray and input.dtype is dtype and input.shape == shape
@@ -442,7 +443,7 @@ def check_matching_input(input: Any, shape: Tuple[int, ...], dtype: np.dtype[Any
         return input.view()  # the common case: already canonical
     features = np.asarray(input)
     compute_dtype(features.dtype, name)
-    if features.shape not in (shape, shape[1:]):
+    if features.shape != shape and not (shape[0] == 1 and features.shape == shape[1:]):
         raise ValueError(f"{name} must have shape {shape}, got {features.shape}")
     features = np.require(features.reshape(shape), dtype, ["C_CONTIGUOUS", "ALIGNED"])
     return features.view() if features is input else features

@@ -522,3 +522,67 @@ def reference_roi_align_rotated(features, boxes, output_size, spatial_scale=1.0,
                         acc = T(acc + value)
                     result[k, c, ph, pw] = T(acc / count)
     return result.astype(T)
+
+
+def _cell_weights(lo, hi):
+    """The integrals of (1 - u) and u over [lo, hi] within a unit cell (u in [0, 1])."""
+    return (hi - lo) - (hi * hi - lo * lo) / 2, (hi * hi - lo * lo) / 2
+
+
+def reference_prroi_pool(features, boxes, output_size, spatial_scale=1.0, grad_output=None):
+    """Loop Precise RoI Pooling of (N, C, H, W) features over (K, 5) boxes (float64 math).
+
+    Written from the definition, cell by cell: the box's corners are x1 * spatial_scale
+    etc., its size max(x2 - x1, 0) split into equal bins; each bin is cut by the unit cells
+    [i, i + 1] x [j, j + 1] between pixel centres, and on each piece the bilinear
+    interpolant of the cell's four corner pixels (0 outside the map) is integrated in closed
+    form; the bin's value is the sum divided by its area, 0 for a zero area. With
+    grad_output also returns the gradient w.r.t. the features (each corner pixel's
+    coefficient times the bin's grad / area).
+    """
+    dtype = features.dtype.type
+    pooled_h, pooled_w = output_size
+    _, channels, height, width = features.shape
+    rows = np.asarray(boxes).astype(dtype).astype(np.float64)
+    planes = features.astype(np.float64)
+    out = np.zeros((len(rows), channels, pooled_h, pooled_w))
+    grad_input = np.zeros(features.shape)
+
+    def pixel(i, j):
+        return 0 <= i < height and 0 <= j < width
+
+    for k, (batch_index, x1, y1, x2, y2) in enumerate(rows):
+        b = int(batch_index)
+        x1, y1, x2, y2 = (v * spatial_scale for v in (x1, y1, x2, y2))
+        bin_w = max(x2 - x1, 0.0) / pooled_w
+        bin_h = max(y2 - y1, 0.0) / pooled_h
+        area = bin_w * bin_h
+        if area == 0:
+            continue
+        for ph in range(pooled_h):
+            by1 = y1 + bin_h * ph
+            by2 = by1 + bin_h
+            for pw in range(pooled_w):
+                bx1 = x1 + bin_w * pw
+                bx2 = bx1 + bin_w
+                coeffs = {}  # (i, j) -> integral of the pixel's tent over the bin
+                for i in range(math.floor(by1), math.ceil(by2)):
+                    if i < -1 or i >= height:  # all four corners outside the map
+                        continue
+                    wy0, wy1 = _cell_weights(max(by1, i) - i, min(by2, i + 1) - i)
+                    for j in range(math.floor(bx1), math.ceil(bx2)):
+                        if j < -1 or j >= width:
+                            continue
+                        wx0, wx1 = _cell_weights(max(bx1, j) - j, min(bx2, j + 1) - j)
+                        for (ci, cj), w in (((i, j), wy0 * wx0), ((i, j + 1), wy0 * wx1),
+                                            ((i + 1, j), wy1 * wx0), ((i + 1, j + 1), wy1 * wx1)):
+                            if pixel(ci, cj):
+                                coeffs[ci, cj] = coeffs.get((ci, cj), 0.0) + w
+                for c in range(channels):
+                    total = sum(w * planes[b, c, ci, cj] for (ci, cj), w in coeffs.items())
+                    out[k, c, ph, pw] = total / area
+                    if grad_output is not None:
+                        g = float(grad_output[k, c, ph, pw]) / area
+                        for (ci, cj), w in coeffs.items():
+                            grad_input[b, c, ci, cj] += g * w
+    return out if grad_output is None else (out, grad_input)

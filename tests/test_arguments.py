@@ -22,6 +22,7 @@ from roialign_cy import (
     MultiScaleRoIAlign,
     PSRoIAlign,
     PSRoIPool,
+    PrRoIPool,
     RoIAlign,
     RoIAlignRotated,
     RoIPool,
@@ -29,6 +30,8 @@ from roialign_cy import (
     assign_levels,
     multiscale_roi_align,
     multiscale_roi_align_backward,
+    prroi_pool,
+    prroi_pool_backward,
     ps_roi_align,
     ps_roi_align_backward,
     ps_roi_pool,
@@ -71,13 +74,16 @@ ENTRY_POINTS = {
     "roi_align_rotated": roi_align_rotated,
     "roi_align_rotated_backward": roi_align_rotated_backward,
     "RoIAlignRotated": RoIAlignRotated,
+    "prroi_pool": prroi_pool,
+    "prroi_pool_backward": prroi_pool_backward,
+    "PrRoIPool": PrRoIPool,
 }
 
 
 ALL4 = ("roi_align", "roi_align_backward", "roi_pool", "roi_pool_backward")
 
 
-FORWARD = ("roi_align", "roi_pool")
+FORWARD = ("roi_align", "roi_pool", "prroi_pool")
 
 
 BACKWARD = ("roi_align_backward", "roi_pool_backward")
@@ -133,6 +139,17 @@ def bad_rotated_row(value, column, row=1):
     return make
 
 
+# Precise RoI Pooling: its forward is in FORWARD; its backward takes input_shape, as
+# roi_align_backward does (and `input` only with box_grad=True).
+PR = ("prroi_pool", "prroi_pool_backward")
+
+
+PR_BACKWARD = ("prroi_pool_backward",)
+
+
+PR_CLASSES = ("PrRoIPool",)
+
+
 def features(dtype=np.float32, shape=(N, C, H, W)):
     """A valid feature map."""
     return (np.arange(np.prod(shape)).reshape(shape) % 11).astype(dtype)
@@ -162,7 +179,7 @@ def base_kwargs(name):
     if name in PS_BACKWARD:
         return dict(grad_output=grad(), boxes=boxes(), input_shape=map_shape(name),
                     output_size=PH)
-    if name == "roi_align_backward":
+    if name in ("roi_align_backward",) + PR_BACKWARD:
         return dict(grad_output=grad(), boxes=boxes(), input_shape=(N, C, H, W), output_size=PH)
     if name == "roi_pool_backward":
         return dict(grad_output=grad(), boxes=boxes(), input=features(), output_size=PH)
@@ -212,7 +229,7 @@ def out_overlapping(kwargs, name):
         kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
         return buffer[:N * C_PS * H * W].reshape(map_shape(name))
     buffer = np.zeros(N * C * H * W + 64, dtype=np.float32)
-    if name in ("roi_align_backward", "roi_align_rotated_backward"):  # grad_output inside out
+    if name in ("roi_align_backward", "roi_align_rotated_backward") + PR_BACKWARD:  # grad_output inside out
         kwargs["grad_output"] = buffer[40:40 + N * C * PH * PW].reshape(N, C, PH, PW)
     else:  # out is a view into input
         kwargs["input"] = buffer[:N * C * H * W].reshape(N, C, H, W)
@@ -326,7 +343,7 @@ for what, value, exc in [
     ("negative", (N, C, -1, W), ValueError), ("float", (N, C, 6.0, W), TypeError),
     ("int", 7, TypeError), ("none", None, TypeError), ("str", "NCHW", TypeError),
 ]:
-    for name in ("roi_align_backward",) + PS_BACKWARD:
+    for name in ("roi_align_backward",) + PS_BACKWARD + PR_BACKWARD:
         add(name, f"input_shape-{what}", {"input_shape": value}, exc, r"input_shape")
 
 
@@ -352,7 +369,7 @@ for name in PS_BACKWARD:
 
 
 # ---- grad_output of the backwards ---------------------------------------------------------------
-for name in BACKWARD + PS_BACKWARD:
+for name in BACKWARD + PS_BACKWARD + PR_BACKWARD:
     add(name, "grad_output-shape", {"grad_output": grad((N, C, PH + 1, PW))}, ValueError,
         r"grad_output.*shape")
     add(name, "grad_output-K", {"grad_output": grad((N + 1, C, PH, PW))}, ValueError,
@@ -367,6 +384,18 @@ for name in BACKWARD + PS_BACKWARD:
         r"grad_output")
 
 
+add("prroi_pool_backward", "box_grad-without-input", {"box_grad": True}, ValueError,
+    r"\binput\b is required with box_grad")
+add("prroi_pool_backward", "box_grad-input-shape",
+    {"box_grad": True, "input": features(shape=(N, C, H, 5))}, ValueError, r"\binput\b.*shape")
+add("prroi_pool_backward", "box_grad-input-int", {"box_grad": True, "input": features(np.int64)},
+    TypeError, r"\binput\b")
+add("prroi_pool_backward", "box_grad-input-3d",
+    {"box_grad": True, "input": features(shape=(C, H, W))}, ValueError, r"\binput\b.*shape")
+for what, value in [("str", "yes"), ("int", 1), ("none", None)]:
+    add("prroi_pool_backward", f"box_grad-{what}", {"box_grad": value}, TypeError, r"box_grad")
+
+
 add("roi_align_backward", "max-without-input", {"mode": "max"}, ValueError, r"\binput\b")
 
 
@@ -379,7 +408,7 @@ add("roi_align_backward", "max-input-int", {"mode": "max", "input": features(np.
 
 
 # ---- boxes ----------------------------------------------------------------------------------------
-for name in ALL4 + MULTI + PS:
+for name in ALL4 + PR + MULTI + PS:
     add(name, "boxes-1d", {"boxes": boxes()[0]}, ValueError, r"boxes.*shape")
     add(name, "boxes-3d", {"boxes": boxes()[None]}, ValueError, r"boxes.*shape")
     add(name, "boxes-K4-with-4d-input", {"boxes": boxes()[:, 1:]}, ValueError, r"boxes.*shape")
@@ -419,7 +448,8 @@ for name in ALL4 + MULTI + PS:
 
 
 # ---- output_size ----------------------------------------------------------------------------------
-for name in ALL4 + CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS + PS_CLASSES:
+for name in (ALL4 + PR + CLASSES + PR_CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS
+             + PS_CLASSES):
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("np-float", np.float64(2), TypeError), ("str", "2", TypeError), ("none", None, TypeError),
@@ -441,7 +471,7 @@ for name in (ALIGN + ("RoIAlign",) + MULTI + ("MultiScaleRoIAlign",)
 
 
 # ---- spatial_scale --------------------------------------------------------------------------------
-for name in ALL4 + CLASSES + PS + PS_CLASSES:
+for name in ALL4 + PR + CLASSES + PR_CLASSES + PS + PS_CLASSES:
     for what, value, exc in [
         ("zero", 0.0, ValueError), ("negative", -0.25, ValueError), ("nan", np.nan, ValueError),
         ("inf", np.inf, ValueError), ("neg-inf", -np.inf, ValueError),
@@ -452,7 +482,8 @@ for name in ALL4 + CLASSES + PS + PS_CLASSES:
 
 
 # ---- layout and mode ------------------------------------------------------------------------------
-for name in ALL4 + CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS + PS_CLASSES:
+for name in (ALL4 + PR + CLASSES + PR_CLASSES + MULTI + ("MultiScaleRoIAlign",) + PS
+             + PS_CLASSES):
     for what, value in [("lower", "nchw"), ("chw", "CHW"), ("none", None), ("int", 0)]:
         add(name, f"layout-{what}", {"layout": value}, ValueError, r"layout")
 
@@ -463,7 +494,7 @@ for name in ALIGN + ("RoIAlign",):
 
 
 # ---- out ------------------------------------------------------------------------------------------
-for name in ALL4 + PS:
+for name in ALL4 + PR + PS:
     shape = out_shape(name)
     add(name, "out-list", {"out": lambda kw, s=shape: np.zeros(s).tolist()}, TypeError, r"\bout\b")
     add(name, "out-shape", {"out": np.zeros(shape[:-1] + (shape[-1] + 1,), np.float32)},
@@ -570,13 +601,14 @@ def _foreign_view_of_out(kwargs, name, wrap):
         kwargs["input"] = wrap(buffer.reshape(map_shape(name)))
         return buffer[:out.size].reshape(out.shape)
     buffer = np.zeros(int(np.prod(map_shape(name))), np.float32)
-    key = "grad_output" if name in ("roi_align_backward",) + PS_BACKWARD else "input"
+    key = ("grad_output" if name in ("roi_align_backward",) + PS_BACKWARD + PR_BACKWARD
+           else "input")
     shape = (N, C, PH, PW) if key == "grad_output" else (N, C, H, W)
     kwargs[key] = wrap(buffer[:int(np.prod(shape))].reshape(shape))
     return buffer.reshape(map_shape(name))
 
 
-for name in ALL4 + PS:
+for name in ALL4 + PR + PS:
     for what, wrap in [("memoryview", memoryview), ("array-interface", _ArrayInterface)]:
         add(name, f"out-overlaps-input-{what}",
             {"out": lambda kw, n=name, w=wrap: _foreign_view_of_out(kw, n, w)},
@@ -593,13 +625,13 @@ for name in ALIGN + ("RoIAlign",):
     add(name, "mode-array", {"mode": np.array("avg")}, ValueError, r"mode")
 add("roi_pool", "return_argmax-str", {"return_argmax": "no"}, TypeError, r"return_argmax")
 add("roi_pool", "return_argmax-int", {"return_argmax": 1}, TypeError, r"return_argmax")
-for name in ALL4 + CLASSES + PS + PS_CLASSES:
+for name in ALL4 + PR + CLASSES + PR_CLASSES + PS + PS_CLASSES:
     add(name, "spatial_scale-beyond-float", {"spatial_scale": 10**400}, ValueError,
         r"spatial_scale")
     add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
 for name in MULTI + ("MultiScaleRoIAlign",):
     add(name, "layout-array", {"layout": np.array(["NCHW"])}, ValueError, r"layout")
-for name in ALL4 + MULTI + PS:
+for name in ALL4 + PR + MULTI + PS:
     add(name, "boxes-ragged-list-item",
         {"boxes": [np.zeros((1, 4)), [[1, 2, 3], [1, 2, 3, 4]]]}, ValueError, r"boxes\[1\]")
     add(name, "boxes-ragged", {"boxes": [[0, 1, 1, 3, 3], [1, 2, 2]]}, ValueError, r"boxes")
@@ -614,7 +646,7 @@ for name in FORWARD + PS_FORWARD:
 
 
 # ---- num_threads ----------------------------------------------------------------------------------
-for name in ALL4 + MULTI + PS:
+for name in ALL4 + PR + MULTI + PS:
     for what, value, exc in [
         ("zero", 0, ValueError), ("negative", -1, ValueError), ("float", 2.0, TypeError),
         ("str", "2", TypeError), ("bool", True, TypeError), ("too-big", 2**40, ValueError),
@@ -639,10 +671,11 @@ for name in FORWARD:
         crash_prone=True)
 
 
-add("roi_align_backward", "huge-input_shape",
-    {"input_shape": (1, 1, 10**7, 10**7), "grad_output": grad((N, 1, PH, PW)),
-     "boxes": np.array([[0, 0, 0, 2, 2], [0, 1, 1, 3, 3.0]])}, MemoryError, r"",
-    crash_prone=True)
+for name in ("roi_align_backward",) + PR_BACKWARD:
+    add(name, "huge-input_shape",
+        {"input_shape": (1, 1, 10**7, 10**7), "grad_output": grad((N, 1, PH, PW)),
+         "boxes": np.array([[0, 0, 0, 2, 2], [0, 1, 1, 3, 3.0]])}, MemoryError, r"",
+        crash_prone=True)
 
 
 for name in PS_BACKWARD:

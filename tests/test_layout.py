@@ -34,12 +34,14 @@ def operators():
 
 
 def test_every_operator_is_a_module_pair():
-    assert operators() == ["multiscale_roi_align", "ps_roi_align", "ps_roi_pool", "roi_align",
-                           "roi_align_rotated", "roi_pool"]
+    assert operators() == ["multiscale_roi_align", "prroi_pool", "ps_roi_align", "ps_roi_pool",
+                           "roi_align", "roi_align_rotated", "roi_pool"]
     for op in operators():
         module = importlib.import_module(f"roialign_cy._{op}")
         kernels = importlib.import_module(f"roialign_cy._{op}_kernels")
-        assert sorted(kernels.KERNELS) == ["backward", "forward"]
+        # prroi_pool's box gradient is a third direction
+        extra = ["box_backward"] if op == "prroi_pool" else []
+        assert sorted(kernels.KERNELS) == ["backward"] + extra + ["forward"]
         # The public functions and their class live in the operator's own module.
         public = [name for name in roialign_cy.__all__
                   if getattr(getattr(roialign_cy, name), "__module__", None) == module.__name__]
@@ -113,7 +115,10 @@ def test_kernel_tables_hold_function_objects():
     assert len(_dispatch.TABLES) == len(operators())
     assert _dispatch.SIMD in _dispatch.BUILDS
     for table in _dispatch.TABLES:
-        expected = {(direction, build, np.dtype(dtype)) for direction in ("forward", "backward")
+        # prroi_pool's box gradient is a third direction
+        directions = {direction for direction, _, _ in table}
+        assert directions in ({"forward", "backward"}, {"forward", "backward", "box_backward"})
+        expected = {(direction, build, np.dtype(dtype)) for direction in directions
                     for build in _dispatch.BUILDS for dtype in (np.float32, np.float64)}
         assert set(table) == expected
         assert all(callable(kernel) and not isinstance(kernel, str) for kernel in table.values())

@@ -35,10 +35,11 @@ import numpy as np
 import numpy.typing as npt
 
 import roialign_cy
-from roialign_cy import (PSRoIAlign, PSRoIPool, RoIAlign, RoIAlignRotated, RoIPool,
-                         ps_roi_align, ps_roi_align_backward, ps_roi_pool, ps_roi_pool_backward,
-                         roi_align, roi_align_backward, roi_align_rotated,
-                         roi_align_rotated_backward, roi_pool, roi_pool_backward)
+from roialign_cy import (PrRoIPool, PSRoIAlign, PSRoIPool, RoIAlign, RoIAlignRotated, RoIPool,
+                         prroi_pool, prroi_pool_backward, ps_roi_align, ps_roi_align_backward,
+                         ps_roi_pool, ps_roi_pool_backward, roi_align, roi_align_backward,
+                         roi_align_rotated, roi_align_rotated_backward, roi_pool,
+                         roi_pool_backward)
 
 Pooled = npt.NDArray[Any]
 ArgMax = npt.NDArray[np.int32]
@@ -129,12 +130,21 @@ rotated_head = RoIAlignRotated(7, 1 / 4, 2, aligned=False, clockwise=True, angle
 rotated = rotated_head(features, oriented, out=rotated)
 rotated_grad = rotated_head.backward(rotated, oriented, features.shape)
 unit: str = rotated_head.angle_unit
+precise: Pooled = prroi_pool(features, boxes, 7, 1 / 4, layout="NCHW", num_threads=2)
+precise_grad: Pooled = prroi_pool_backward(precise, boxes, features.shape, 7, 1 / 4)
+both: Tuple[Pooled, Pooled] = prroi_pool_backward(precise, boxes, features.shape, (7, 7), 0.25,
+                                                  input=features, box_grad=True)
+prroi = PrRoIPool(7, 1 / 4)
+precise = prroi(features, boxes)
+both = prroi.backward(precise, boxes, features.shape, input=features, box_grad=True)
+precise_grad = prroi.backward(precise, boxes, features.shape)
 
 assert same and isinstance(pair, tuple) and pair[1].dtype == np.dtype(np.int32)
 assert config["version"] == version and simd in ("avx2", "baseline")
 assert isinstance(pool_maybe_argmax(True), tuple) and scalars.shape == (2, 8, 7, 7)
 assert ps_pooled.shape == (2, 2, 7, 7) and ps_grad.shape == score_maps.shape
 assert rotated.shape == pooled.shape and rotated_grad.shape == features.shape
+assert both[1].shape == (len(boxes), 5) and precise_grad.shape == features.shape
 '''
 
 ASSERT_TYPES = '''
@@ -148,6 +158,11 @@ assert_type(roi_pool_backward(maxed, boxes, features, 7, argmax=argmax), Pooled)
 assert_type(pool(features, boxes, return_argmax=True), Tuple[Pooled, ArgMax])
 assert_type(pool(features, boxes), Pooled)
 assert_type(head.backward(pooled, boxes, features.shape), Pooled)
+assert_type(prroi_pool_backward(precise, boxes, features.shape, 7), Pooled)
+assert_type(prroi_pool_backward(precise, boxes, features.shape, 7, input=features,
+                                box_grad=True), Tuple[Pooled, Pooled])
+assert_type(prroi.backward(precise, boxes, features.shape, input=features, box_grad=True),
+            Tuple[Pooled, Pooled])
 '''
 
 # Each line marked "# E: <code>" must fail with that mypy error code (one of "a|b": codes
