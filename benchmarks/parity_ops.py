@@ -22,6 +22,7 @@ import sys
 import numpy as np
 
 import environment
+import report
 import timing
 import workloads
 
@@ -189,17 +190,6 @@ def render(rows, env):
     return "\n".join(lines) + "\n"
 
 
-def write(text, path):
-    """Replace this script's section of RESULTS.md (or append it)."""
-    old = open(path).read() if os.path.exists(path) else ""
-    if SECTION in old:
-        start = old.index(SECTION)
-        end = old.find("\n## ", start + len(SECTION))
-        old = old[:start] + (old[end + 1:] if end >= 0 else "")
-    with open(path, "w") as f:
-        f.write(old.rstrip("\n") + "\n\n" + text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="K / 10, few repeats: a smoke test")
@@ -208,7 +198,7 @@ def main(argv=None):
     text = render(run(args.quick), environment.describe())
     print(text)
     if not args.no_write and not args.quick:
-        write(text, os.path.join(HERE, "RESULTS.md"))
+        report.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, text)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Turn measurements into the Markdown report (RESULTS.md) and the speedup chart (PNG)."""
 
 import math
+import os
 
 from records import LAYOUTS
 
@@ -394,3 +395,16 @@ def chart(cases, thread_counts, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def replace_section(path, heading, text):
+    """Put `text` (which starts with the line `heading`) in place of that section of the
+    Markdown file at `path`, or append it: how the other benchmark scripts keep their part
+    of RESULTS.md current."""
+    old = open(path).read() if os.path.exists(path) else ""
+    if heading in old:
+        start = old.index(heading)
+        end = old.find("\n## ", start + len(heading))
+        old = old[:start] + (old[end + 1:] if end >= 0 else "")
+    with open(path, "w") as f:
+        f.write(old.rstrip("\n") + "\n\n" + text)
