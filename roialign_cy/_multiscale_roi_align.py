@@ -20,6 +20,7 @@ from roialign_cy import _args, _boxes, _dispatch, _levels, _plan
 from roialign_cy import _multiscale_roi_align_kernels as _baseline
 from roialign_cy._args import Bool, Layout, OutputSize, Real
 from roialign_cy._levels import LevelRule
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _multiscale_roi_align_kernels_avx2 as _avx2
@@ -343,7 +344,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
     return _args.deliver_levels(call)
 
 
-class MultiScaleRoIAlign:
+class MultiScaleRoIAlign(Pooler):
     """:func:`multiscale_roi_align` with its parameters fixed, like
     ``torchvision.ops.MultiScaleRoIAlign``: called as ``m(features, boxes, image_sizes)``.
 
@@ -365,6 +366,8 @@ class MultiScaleRoIAlign:
     (1, 4, 7, 7)
     """
 
+    _fields = ("featmap_names", "output_size", "sampling_ratio", "canonical_scale",
+               "canonical_level", "aligned", "level_rule", "layout")
     featmap_names: List[Any]
     output_size: Tuple[int, int]
     sampling_ratio: int
@@ -397,11 +400,11 @@ class MultiScaleRoIAlign:
         self.layout = _args.check_layout(layout)
 
     def _params(self) -> Dict[str, Any]:
-        """The arguments this instance passes to the functions."""
-        return dict(output_size=self.output_size, sampling_ratio=self.sampling_ratio,
-                    aligned=self.aligned, canonical_scale=self.canonical_scale,
-                    canonical_level=self.canonical_level, level_rule=self.level_rule,
-                    layout=self.layout)
+        """The arguments this instance passes to the functions: featmap_names only picks
+        the levels (see _levels)."""
+        params = super()._params()
+        del params["featmap_names"]
+        return params
 
     def _levels(self, features: Features) -> Tuple[Features, Optional[List[Any]]]:
         """(features, featmap_names) for the function: a dict is filtered by name."""
@@ -429,15 +432,3 @@ class MultiScaleRoIAlign:
         return multiscale_roi_align_backward(grad_output, boxes, level_shapes,
                                              **self._params(), image_sizes=image_sizes,
                                              out=out, num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"MultiScaleRoIAlign(featmap_names={self.featmap_names}, "
-                f"output_size={self.output_size}, sampling_ratio={self.sampling_ratio}, "
-                f"canonical_scale={self.canonical_scale}, "
-                f"canonical_level={self.canonical_level}, aligned={self.aligned}, "
-                f"level_rule={self.level_rule!r}, layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

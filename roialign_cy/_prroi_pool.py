@@ -15,6 +15,7 @@ import numpy.typing as npt
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _prroi_pool_kernels as _baseline
 from roialign_cy._args import Bool, Layout, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _prroi_pool_kernels_avx2 as _avx2
@@ -223,7 +224,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
     return grad_input, grad_boxes.astype(call.result_dtype, copy=False)
 
 
-class PrRoIPool:
+class PrRoIPool(Pooler):
     """:func:`prroi_pool` with its parameters fixed, like ``mmcv.ops.PrRoIPool``.
 
     Examples
@@ -237,6 +238,7 @@ class PrRoIPool:
     (1, 3, 2, 2)
     """
 
+    _fields = ("output_size", "spatial_scale", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     layout: Layout
@@ -251,8 +253,7 @@ class PrRoIPool:
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Forward: :func:`prroi_pool` of `input` over `boxes`."""
-        return prroi_pool(input, boxes, self.output_size, self.spatial_scale,
-                          layout=self.layout, out=out, num_threads=num_threads)
+        return prroi_pool(input, boxes, **self._params(), out=out, num_threads=num_threads)
 
     @overload
     def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
@@ -281,15 +282,5 @@ class PrRoIPool:
                  num_threads: Optional[SupportsIndex] = None
                  ) -> Union[npt.NDArray[Any], Gradients]:
         """Gradients: :func:`prroi_pool_backward`."""
-        return prroi_pool_backward(grad_output, boxes, input_shape, self.output_size,
-                                   self.spatial_scale, input=input, box_grad=box_grad,
-                                   layout=self.layout, out=out, num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"PrRoIPool(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable
+        return prroi_pool_backward(grad_output, boxes, input_shape, **self._params(), input=input,
+                                   box_grad=box_grad, out=out, num_threads=num_threads)

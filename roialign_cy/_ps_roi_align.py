@@ -8,7 +8,7 @@ tests.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, SupportsIndex, Tuple
+from typing import Any, Optional, Sequence, SupportsIndex, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -16,6 +16,7 @@ import numpy.typing as npt
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _ps_roi_align_kernels as _baseline
 from roialign_cy._args import Layout, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _ps_roi_align_kernels_avx2 as _avx2
@@ -208,7 +209,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
     return _args.deliver(call)
 
 
-class PSRoIAlign:
+class PSRoIAlign(Pooler):
     """:func:`ps_roi_align` with its parameters fixed, like ``torchvision.ops.PSRoIAlign``.
 
     Parameters are validated once, here. Instances are called like the function, have a
@@ -226,6 +227,7 @@ class PSRoIAlign:
     (1, 3, 7, 7)
     """
 
+    _fields = ("output_size", "spatial_scale", "sampling_ratio", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     sampling_ratio: int
@@ -238,32 +240,17 @@ class PSRoIAlign:
         self.sampling_ratio = _args.check_int(sampling_ratio, "sampling_ratio")
         self.layout = _args.check_layout(layout)
 
-    def _params(self) -> Dict[str, Any]:
-        """The arguments this instance passes to the functions."""
-        return dict(output_size=self.output_size, spatial_scale=self.spatial_scale,
-                    sampling_ratio=self.sampling_ratio)
 
     def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Forward: :func:`ps_roi_align` of `input` over `boxes`."""
-        return ps_roi_align(input, boxes, **self._params(), layout=self.layout, out=out,
-                            num_threads=num_threads)
+        return ps_roi_align(input, boxes, **self._params(), out=out, num_threads=num_threads)
 
     def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
                  input_shape: Sequence[SupportsIndex], *,
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`ps_roi_align_backward`."""
-        return ps_roi_align_backward(grad_output, boxes, input_shape, **self._params(),
-                                     layout=self.layout, out=out, num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"PSRoIAlign(output_size={self.output_size}, "
-                f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-                f"layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable
+        return ps_roi_align_backward(grad_output, boxes, input_shape, **self._params(), out=out,
+                                     num_threads=num_threads)

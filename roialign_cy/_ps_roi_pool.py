@@ -14,6 +14,7 @@ import numpy.typing as npt
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _ps_roi_pool_kernels as _baseline
 from roialign_cy._args import Layout, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _ps_roi_pool_kernels_avx2 as _avx2
@@ -153,7 +154,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
     return _args.deliver(call)
 
 
-class PSRoIPool:
+class PSRoIPool(Pooler):
     """:func:`ps_roi_pool` with its parameters fixed, like ``torchvision.ops.PSRoIPool``.
 
     Examples
@@ -167,6 +168,7 @@ class PSRoIPool:
     (1, 3, 2, 2)
     """
 
+    _fields = ("output_size", "spatial_scale", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     layout: Layout
@@ -181,23 +183,12 @@ class PSRoIPool:
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Forward: :func:`ps_roi_pool` of `input` over `boxes`."""
-        return ps_roi_pool(input, boxes, self.output_size, self.spatial_scale,
-                           layout=self.layout, out=out, num_threads=num_threads)
+        return ps_roi_pool(input, boxes, **self._params(), out=out, num_threads=num_threads)
 
     def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
                  input_shape: Sequence[SupportsIndex], *,
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`ps_roi_pool_backward`."""
-        return ps_roi_pool_backward(grad_output, boxes, input_shape, self.output_size,
-                                    self.spatial_scale, layout=self.layout, out=out,
+        return ps_roi_pool_backward(grad_output, boxes, input_shape, **self._params(), out=out,
                                     num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"PSRoIPool(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

@@ -8,8 +8,6 @@
 # Private: _ps_roi_pool.py hands over private, canonical arrays. Each entry point fills a
 # KernelCall and runs its work items through _work_items.run_items.
 
-from libc.math cimport ceil, floor, fmax, fmin, round
-
 from roialign_cy._channel_blocks cimport BlockItem, block_item
 from roialign_cy._kernel_call cimport (
     Geometry,
@@ -18,54 +16,9 @@ from roialign_cy._kernel_call cimport (
     make_geometry,
     n_block_items,
 )
+from roialign_cy._pool_bins cimport PS_ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
-
-
-cdef struct PoolBins:
-    # The clipped pixel ranges of every bin of one RoI: rows [y_start[ph], y_end[ph]), ...
-    Py_ssize_t* y_start
-    Py_ssize_t* y_end
-    Py_ssize_t* x_start
-    Py_ssize_t* x_end
-
-
-cdef inline PoolBins bins_in(void* buffer, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
-    """The bin ranges laid out in a scratch buffer of 2 * (PH + PW) Py_ssize_t."""
-    cdef PoolBins bins
-    bins.y_start = <Py_ssize_t*>buffer
-    bins.y_end = bins.y_start + pooled_h
-    bins.x_start = bins.y_end + pooled_h
-    bins.x_end = bins.x_start + pooled_w
-    return bins
-
-
-cdef inline void axis_bins(floating first, floating last, floating spatial_scale,
-                           Py_ssize_t n_bins, Py_ssize_t size,
-                           Py_ssize_t* bin_start, Py_ssize_t* bin_end) noexcept nogil:
-    """torchvision's ps_roi_pool bins along one axis, clipped to [0, size - 1].
-
-    The products with spatial_scale and the bin size are rounded in type T as torchvision
-    computes them; the rest in double, so that huge boxes clip instead of overflowing an int
-    (torchvision's int arithmetic is undefined there).
-    """
-    cdef double start = round(first * spatial_scale)
-    cdef double length = fmax(round(last * spatial_scale) - start, 1.0)
-    cdef floating bin_size = <floating>length / <floating>n_bins
-    cdef double last_index = <double>(size - 1)
-    cdef Py_ssize_t p
-    for p in range(n_bins):
-        bin_start[p] = <Py_ssize_t>fmin(fmax(floor(<floating>p * bin_size) + start, 0.0),
-                                        last_index)
-        bin_end[p] = <Py_ssize_t>fmin(fmax(ceil(<floating>(p + 1) * bin_size) + start, 0.0),
-                                      last_index)
-
-
-cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_scale,
-                          const Geometry* g) noexcept nogil:
-    """The bins of box = (x1, y1, x2, y2)."""
-    axis_bins(box[1], box[3], spatial_scale, g.pooled_h, g.height, bins.y_start, bins.y_end)
-    axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
 
 
 cdef inline void bin_means(floating* out_bin, Py_ssize_t out_step, const floating* plane,
@@ -119,7 +72,8 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t n_out = g.channels // n_bins
     cdef Py_ssize_t ph, pw, b, c
-    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+             PS_ROI_POOL_BINS)
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             b = ph * g.pooled_w + pw
@@ -150,7 +104,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef const floating* grad_roi
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
-        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+                 PS_ROI_POOL_BINS)
         grad_roi = <const floating*>call.values + k * g.out_roi_stride
         for ph in range(g.pooled_h):
             for pw in range(g.pooled_w):

@@ -8,13 +8,14 @@ forced, for the tests.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, SupportsIndex, Tuple
+from typing import Any, Optional, Sequence, SupportsIndex, Tuple
 
 import numpy.typing as npt
 
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _roi_align_kernels as _baseline
 from roialign_cy._args import Bool, Layout, Mode, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _roi_align_kernels_avx2 as _avx2
@@ -207,7 +208,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
     return _args.deliver(call)
 
 
-class RoIAlign:
+class RoIAlign(Pooler):
     """:func:`roi_align` with its parameters fixed, like ``torchvision.ops.RoIAlign``.
 
     Parameters are validated once, here. Instances are called like the function, have a
@@ -226,6 +227,7 @@ class RoIAlign:
     (1, 8, 7, 7)
     """
 
+    _fields = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "mode", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     sampling_ratio: int
@@ -243,33 +245,17 @@ class RoIAlign:
         self.mode = _args.check_mode(mode)
         self.layout = _args.check_layout(layout)
 
-    def _params(self) -> Dict[str, Any]:
-        """The arguments this instance passes to the functions."""
-        return dict(output_size=self.output_size, spatial_scale=self.spatial_scale,
-                    sampling_ratio=self.sampling_ratio, aligned=self.aligned)
 
     def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Forward: :func:`roi_align` of `input` over `boxes`."""
-        return roi_align(input, boxes, **self._params(), layout=self.layout, mode=self.mode,
-                         out=out, num_threads=num_threads)
+        return roi_align(input, boxes, **self._params(), out=out, num_threads=num_threads)
 
     def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike,
                  input_shape: Sequence[SupportsIndex], *, input: Optional[npt.ArrayLike] = None,
                  out: Optional[npt.NDArray[Any]] = None,
                  num_threads: Optional[SupportsIndex] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`roi_align_backward` (max mode needs `input`)."""
-        return roi_align_backward(grad_output, boxes, input_shape, **self._params(),
-                                  layout=self.layout, mode=self.mode, input=input, out=out,
-                                  num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"RoIAlign(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"sampling_ratio={self.sampling_ratio}, aligned={self.aligned}, "
-                f"mode={self.mode!r}, layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable
+        return roi_align_backward(grad_output, boxes, input_shape, **self._params(), input=input,
+                                  out=out, num_threads=num_threads)

@@ -10,7 +10,7 @@ with the build forced, for the tests.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, Optional, Sequence, SupportsIndex, Tuple, Union
+from typing import Any, Literal, Optional, Sequence, SupportsIndex, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +18,7 @@ import numpy.typing as npt
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _roi_align_rotated_kernels as _baseline
 from roialign_cy._args import Bool, Layout, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _roi_align_rotated_kernels_avx2 as _avx2
@@ -239,7 +240,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input_shape: Sequ
     return _args.deliver(call)
 
 
-class RoIAlignRotated:
+class RoIAlignRotated(Pooler):
     """:func:`roi_align_rotated` with its parameters fixed, like detectron2's
     ``ROIAlignRotated`` (and mmcv's ``RoIAlignRotated``).
 
@@ -258,6 +259,8 @@ class RoIAlignRotated:
     (1, 8, 7, 7)
     """
 
+    _fields = ("output_size", "spatial_scale", "sampling_ratio", "aligned", "clockwise",
+               "angle_unit", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     sampling_ratio: int
@@ -278,11 +281,6 @@ class RoIAlignRotated:
         self.angle_unit = check_angle_unit(angle_unit)
         self.layout = _args.check_layout(layout)
 
-    def _params(self) -> Dict[str, Any]:
-        """The arguments this instance passes to the functions."""
-        return dict(output_size=self.output_size, spatial_scale=self.spatial_scale,
-                    sampling_ratio=self.sampling_ratio, aligned=self.aligned,
-                    clockwise=self.clockwise, angle_unit=self.angle_unit, layout=self.layout)
 
     def __call__(self, input: npt.ArrayLike, boxes: npt.ArrayLike, *,
                  out: Optional[npt.NDArray[Any]] = None,
@@ -297,14 +295,3 @@ class RoIAlignRotated:
         """Gradient w.r.t. the features: :func:`roi_align_rotated_backward`."""
         return roi_align_rotated_backward(grad_output, boxes, input_shape, **self._params(),
                                           out=out, num_threads=num_threads)
-
-    def __repr__(self) -> str:
-        return (f"RoIAlignRotated(output_size={self.output_size}, "
-                f"spatial_scale={self.spatial_scale}, sampling_ratio={self.sampling_ratio}, "
-                f"aligned={self.aligned}, clockwise={self.clockwise}, "
-                f"angle_unit={self.angle_unit!r}, layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

@@ -14,6 +14,7 @@ import numpy.typing as npt
 from roialign_cy import _args, _dispatch, _plan
 from roialign_cy import _roi_pool_kernels as _baseline
 from roialign_cy._args import Bool, Layout, OutputSize, Real
+from roialign_cy._pooler import Pooler
 
 try:
     from roialign_cy import _roi_pool_kernels_avx2 as _avx2
@@ -190,7 +191,7 @@ def backward(grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input: npt.ArrayL
     return _args.deliver(call)
 
 
-class RoIPool:
+class RoIPool(Pooler):
     """:func:`roi_pool` with its parameters fixed, like ``torchvision.ops.RoIPool``.
 
     Examples
@@ -204,6 +205,7 @@ class RoIPool:
     (1, 3, 2, 2)
     """
 
+    _fields = ("output_size", "spatial_scale", "layout")
     output_size: Tuple[int, int]
     spatial_scale: float
     layout: Layout
@@ -235,8 +237,7 @@ class RoIPool:
                  num_threads: Optional[SupportsIndex] = None,
                  return_argmax: Bool = False) -> Union[npt.NDArray[Any], PooledWithArgmax]:
         """Forward: :func:`roi_pool` of `input` over `boxes`."""
-        return roi_pool(input, boxes, self.output_size, self.spatial_scale,
-                        layout=self.layout, out=out, num_threads=num_threads,
+        return roi_pool(input, boxes, **self._params(), out=out, num_threads=num_threads,
                         return_argmax=return_argmax)
 
     def backward(self, grad_output: npt.ArrayLike, boxes: npt.ArrayLike, input: npt.ArrayLike, *,
@@ -244,15 +245,5 @@ class RoIPool:
                  num_threads: Optional[SupportsIndex] = None,
                  argmax: Optional[npt.ArrayLike] = None) -> npt.NDArray[Any]:
         """Gradient w.r.t. the features: :func:`roi_pool_backward`."""
-        return roi_pool_backward(grad_output, boxes, input, self.output_size,
-                                 self.spatial_scale, layout=self.layout, out=out,
+        return roi_pool_backward(grad_output, boxes, input, **self._params(), out=out,
                                  num_threads=num_threads, argmax=argmax)
-
-    def __repr__(self) -> str:
-        return (f"RoIPool(output_size={self.output_size}, spatial_scale={self.spatial_scale}, "
-                f"layout={self.layout!r})")
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and vars(other) == vars(self)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable attributes: not hashable

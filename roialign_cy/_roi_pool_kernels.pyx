@@ -6,7 +6,6 @@
 # runs its work items through _work_items.run_items.
 
 from libc.float cimport FLT_MAX
-from libc.math cimport ceil, floor, fmax, fmin, round
 from libc.stdint cimport int32_t
 from libc.string cimport memset
 
@@ -25,50 +24,9 @@ from roialign_cy._kernel_call cimport (
     make_geometry,
     n_block_items,
 )
+from roialign_cy._pool_bins cimport ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
-
-
-cdef struct PoolBins:
-    # The clipped pixel ranges of every bin of one RoI: rows [y_start[ph], y_end[ph]), ...
-    Py_ssize_t* y_start
-    Py_ssize_t* y_end
-    Py_ssize_t* x_start
-    Py_ssize_t* x_end
-
-
-cdef inline PoolBins bins_in(void* buffer, Py_ssize_t pooled_h, Py_ssize_t pooled_w) noexcept nogil:
-    """The bin ranges laid out in a scratch buffer of 2 * (PH + PW) Py_ssize_t."""
-    cdef PoolBins bins
-    bins.y_start = <Py_ssize_t*>buffer
-    bins.y_end = bins.y_start + pooled_h
-    bins.x_start = bins.y_end + pooled_h
-    bins.x_end = bins.x_start + pooled_w
-    return bins
-
-
-cdef inline void axis_bins(floating first, floating last, floating spatial_scale,
-                           Py_ssize_t n_bins, Py_ssize_t size,
-                           Py_ssize_t* bin_start, Py_ssize_t* bin_end) noexcept nogil:
-    """torchvision's quantized bins along one axis, clipped to [0, size].
-
-    Computed in double after the type-T products, so huge boxes clip instead of overflowing
-    an int (torchvision's int arithmetic is undefined there).
-    """
-    cdef double start = round(first * spatial_scale)
-    cdef double length = fmax(round(last * spatial_scale) - start + 1.0, 1.0)
-    cdef floating bin_size = <floating>length / <floating>n_bins
-    cdef Py_ssize_t p
-    for p in range(n_bins):
-        bin_start[p] = <Py_ssize_t>fmin(fmax(floor(<floating>p * bin_size) + start, 0.0), size)
-        bin_end[p] = <Py_ssize_t>fmin(fmax(ceil(<floating>(p + 1) * bin_size) + start, 0.0), size)
-
-
-cdef inline void roi_bins(PoolBins* bins, const floating* box, floating spatial_scale,
-                          const Geometry* g) noexcept nogil:
-    """The bins of box = (x1, y1, x2, y2)."""
-    axis_bins(box[1], box[3], spatial_scale, g.pooled_h, g.height, bins.y_start, bins.y_end)
-    axis_bins(box[0], box[2], spatial_scale, g.pooled_w, g.width, bins.x_start, bins.x_end)
 
 
 cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
@@ -210,7 +168,8 @@ cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
     cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride
     cdef int32_t* argmax_roi = call.argmax + k * g.out_roi_stride if call.argmax != NULL else NULL
     cdef Py_ssize_t c
-    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+    roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+             ROI_POOL_BINS)
     if g.channels_last:
         max_pool_channels_last(image, out_roi, g, &bins, g.channels, argmax_roi)
         return True
@@ -238,7 +197,8 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
                it.n_channels, packed, call.block)
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
-        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+                 ROI_POOL_BINS)
         max_pool_channels_last(packed, pooled, g, &bins, call.block, pooled_at)
         unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
                    it.n_channels, call.block)
@@ -263,7 +223,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef Py_ssize_t j, k, c
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
-        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+                 ROI_POOL_BINS)
         grad_roi = <const floating*>call.values + k * g.out_roi_stride
         if g.channels_last:  # all channels of the block in one pass per bin
             unpool_max_channels_last(grad_image, grad_roi, image, g, &bins, g.channels,
@@ -338,7 +299,8 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     memset(packed_grad, 0, n_packed * sizeof(floating))
     for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
         k = call.roi_order[j]
-        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g)
+        roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
+                 ROI_POOL_BINS)
         pack_roi(<const floating*>call.values + k * g.out_roi_stride, roi_grad, g,
                  it.first_channel, it.n_channels, call.block)
         unpool_max_channels_last(packed_grad, roi_grad, packed, g, &bins, call.block, 0,
