@@ -4,6 +4,7 @@
 # Private: callers hand over canonical arrays and checked indices (see _roi_align_kernels).
 
 from roialign_cy._channel_blocks cimport pack_roi
+from roialign_cy._channel_gather cimport GATHER_SAMPLES, gather
 from roialign_cy._kernel_call cimport Geometry
 from roialign_cy._sample_table cimport (
     RoIGrid,
@@ -53,6 +54,44 @@ cdef inline void pool_plane(const floating* plane, floating* out_plane, Py_ssize
         out_plane[b * bin_stride] = acc
 
 
+cdef inline void max_channels_last(const floating* image, floating* row, Py_ssize_t channels,
+                                   const SampleTable* table, Py_ssize_t ph, Py_ssize_t pw,
+                                   Py_ssize_t pooled_w, double samples_per_bin) noexcept nogil:
+    """Max mode of pool_channels_last for bin (ph, pw): the first largest sample wins."""
+    cdef Py_ssize_t iy, ix, c
+    cdef Py_ssize_t offsets[4]
+    cdef floating weights[4]
+    cdef const floating* p1
+    cdef const floating* p2
+    cdef const floating* p3
+    cdef const floating* p4
+    cdef floating w1, w2, w3, w4, value
+    cdef bint first = True
+    for iy in range(table.y_first[ph], table.y_first[ph + 1]):
+        for ix in range(table.x_first[pw], table.x_first[pw + 1]):
+            sample_taps(&table.y_samples[iy], &table.x_samples[ix], True, offsets, weights)
+            p1 = image + offsets[0]
+            p2 = image + offsets[1]
+            p3 = image + offsets[2]
+            p4 = image + offsets[3]
+            w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
+            if first:
+                for c in range(channels):
+                    row[c] = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
+            else:
+                for c in range(channels):
+                    value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
+                    row[c] = value if beats(value, row[c]) else row[c]
+            first = False
+    if first:  # no sample: the bin is 0
+        for c in range(channels):
+            row[c] = 0
+    elif inside_samples(table, ph * pooled_w + pw) < samples_per_bin:  # a skipped 0 takes part
+        for c in range(channels):
+            if row[c] < 0:
+                row[c] = 0
+
+
 cdef inline void pool_channels_last(const floating* image, floating* out_roi,
                                     Py_ssize_t channels, const SampleTable* table,
                                     Py_ssize_t pooled_h, Py_ssize_t pooled_w,
@@ -61,53 +100,36 @@ cdef inline void pool_channels_last(const floating* image, floating* out_roi,
     """Pool every bin of one RoI over contiguous channels (channels-last layout).
 
     Walks the RoI's axis tables (build_axis_tables) bins -> samples -> channels, forming
-    each sample's taps on the way: no per-sample table to build. The innermost loop is
-    contiguous and vectorizes; each channel still sums its samples in torchvision's order.
+    each sample's taps on the way: no per-sample table to build. Average mode forms the
+    taps of up to GATHER_SAMPLES samples, then runs the register-blocked gather over all
+    channels; each channel still sums its samples in torchvision's order.
     """
-    cdef Py_ssize_t ph, pw, iy, ix, c
-    cdef Py_ssize_t offsets[4]
-    cdef floating weights[4]
-    cdef const floating* p1
-    cdef const floating* p2
-    cdef const floating* p3
-    cdef const floating* p4
-    cdef floating w1, w2, w3, w4, value
+    cdef Py_ssize_t ph, pw, iy, ix, c, n
+    cdef Py_ssize_t offsets[4 * GATHER_SAMPLES]
+    cdef floating weights[4 * GATHER_SAMPLES]
     cdef floating* row
-    cdef bint first
     for ph in range(pooled_h):
         for pw in range(pooled_w):
             row = out_roi + (ph * pooled_w + pw) * channels
+            if max_mode:
+                max_channels_last(image, row, channels, table, ph, pw, pooled_w,
+                                  samples_per_bin)
+                continue
             for c in range(channels):
                 row[c] = 0
-            first = True
+            n = 0
             for iy in range(table.y_first[ph], table.y_first[ph + 1]):
                 for ix in range(table.x_first[pw], table.x_first[pw + 1]):
-                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], max_mode,
-                                offsets, weights)
-                    p1 = image + offsets[0]
-                    p2 = image + offsets[1]
-                    p3 = image + offsets[2]
-                    p4 = image + offsets[3]
-                    w1, w2, w3, w4 = weights[0], weights[1], weights[2], weights[3]
-                    if not max_mode:
-                        for c in range(channels):
-                            row[c] = row[c] + (w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c])
-                    elif first:
-                        for c in range(channels):
-                            row[c] = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-                    else:
-                        for c in range(channels):
-                            value = w1 * p1[c] + w2 * p2[c] + w3 * p3[c] + w4 * p4[c]
-                            row[c] = value if beats(value, row[c]) else row[c]
-                    first = False
-            if not max_mode:
-                for c in range(channels):
-                    row[c] = row[c] / count
-                continue
-            if inside_samples(table, ph * pooled_w + pw) < samples_per_bin:  # a skipped 0 takes part
-                for c in range(channels):
-                    if row[c] < 0:
-                        row[c] = 0
+                    sample_taps(&table.y_samples[iy], &table.x_samples[ix], False,
+                                &offsets[4 * n], &weights[4 * n])
+                    n = n + 1
+                    if n == GATHER_SAMPLES:
+                        gather(image, offsets, weights, n, channels, row)
+                        n = 0
+            if n > 0:
+                gather(image, offsets, weights, n, channels, row)
+            for c in range(channels):
+                row[c] = row[c] / count
 
 
 cdef inline bint roi_axes(SampleTable* table, const floating* box, floating spatial_scale,

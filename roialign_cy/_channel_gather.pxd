@@ -1,0 +1,28 @@
+# The register-blocked weighted gather of _channel_gather.h, for both float types: the
+# channels-last RoIAlign sum over a bin's samples, in torchvision's rounding.
+
+from roialign_cy._sample_table cimport floating
+
+cdef extern from "_channel_gather.h":
+    void gather_f32 "roialign_gather_f32"(const float* image, const Py_ssize_t* offsets,
+                                          const float* weights, Py_ssize_t n_samples,
+                                          Py_ssize_t channels, float* row) noexcept nogil
+    void gather_f64 "roialign_gather_f64"(const double* image, const Py_ssize_t* offsets,
+                                          const double* weights, Py_ssize_t n_samples,
+                                          Py_ssize_t channels, double* row) noexcept nogil
+
+
+cdef enum:
+    # Samples whose taps are formed before one pass over the channels: a bin of up to this
+    # many samples (a 2x2 grid is 4) takes one pass, with its accumulators in registers.
+    GATHER_SAMPLES = 16
+
+
+cdef inline void gather(const floating* image, const Py_ssize_t* offsets,
+                        const floating* weights, Py_ssize_t n_samples, Py_ssize_t channels,
+                        floating* row) noexcept nogil:
+    """row[c] += each sample's 4 weighted taps, in turn (see _channel_gather.h)."""
+    if floating is float:
+        gather_f32(image, offsets, weights, n_samples, channels, row)
+    else:
+        gather_f64(image, offsets, weights, n_samples, channels, row)
