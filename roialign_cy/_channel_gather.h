@@ -11,6 +11,14 @@
  * vectors of a block are independent chains that hide the add latency. Then single
  * vectors, then a scalar tail.
  *
+ * The same blocking serves Precise RoI Pooling's bin integral over contiguous channels
+ * (roialign_tent_*): for each column j of the bin's pixels in turn,
+ *
+ *   column[c] = sum_i wy[i] * image[(y0 + i) * row_stride + (x0 + j) * col_stride + c]
+ *   acc[c] = acc[c] + wx[j] * column[c]
+ *
+ * both sums in order, from 0, with the columns and the accumulators in registers.
+ *
  * GCC and clang: generic vectors (vector_size), lowered to SSE2 in the baseline build and
  * AVX registers in the AVX2 twin. Other compilers (MSVC): the same order in scalar code.
  * Included after Python.h (by the Cython-generated C), so Py_ssize_t is defined.
@@ -35,12 +43,26 @@
         (row)[c] = acc_;                                                                 \
     } while (0)
 
+#define ROIALIGN_TENT_SCALAR(T, image, row_stride, col_stride, wy, ny, wx, nx, c, acc)  \
+    do {                                                                                 \
+        T total_ = 0;                                                                    \
+        Py_ssize_t i_, j_;                                                               \
+        for (j_ = 0; j_ < (nx); j_++) {                                                  \
+            const T* pixel_ = (image) + j_ * (col_stride) + (c);                         \
+            T column_ = 0;                                                               \
+            for (i_ = 0; i_ < (ny); i_++)                                                \
+                column_ = column_ + (wy)[i_] * pixel_[i_ * (row_stride)];                \
+            total_ = total_ + (wx)[j_] * column_;                                        \
+        }                                                                                \
+        (acc)[c] = total_;                                                               \
+    } while (0)
+
 #if defined(__GNUC__) || defined(__clang__)
 
 /* The helpers pass 32-byte vectors by value; all are static and inlined, so the baseline
-   build's ABI note about AVX-sized arguments concerns no call that crosses a module. */
+   build's ABI note about AVX-sized arguments concerns no call that crosses a module (gcc
+   emits it at the end of the file, so it stays off for the rest of the file). */
 #if !defined(__clang__)
-#pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
@@ -88,12 +110,55 @@ typedef double roialign_f64v __attribute__((vector_size(32)));
             ROIALIGN_GATHER_SCALAR(T, image, offsets, weights, n_samples, c, row);        \
     }
 
+/* image points at the bin's first pixel (y0, x0); acc[c] is overwritten. */
+#define ROIALIGN_DEFINE_TENT(NAME, GATHER, T, V)                                          \
+    static inline void NAME(const T* image, Py_ssize_t row_stride, Py_ssize_t col_stride, \
+                            const T* wy, Py_ssize_t ny, const T* wx, Py_ssize_t nx,       \
+                            Py_ssize_t channels, T* acc) {                                \
+        const Py_ssize_t lanes = (Py_ssize_t)(sizeof(V) / sizeof(T));                     \
+        const Py_ssize_t block = ROIALIGN_GATHER_VECTORS * lanes;                          \
+        const V zero = {0};                                                               \
+        Py_ssize_t c = 0, i, j;                                                           \
+        for (; c + block <= channels; c += block) {                                       \
+            V a0 = zero, a1 = zero, a2 = zero, a3 = zero;                                 \
+            for (j = 0; j < nx; j++) {                                                    \
+                const T* pixel = image + j * col_stride + c;                              \
+                V c0 = zero, c1 = zero, c2 = zero, c3 = zero;                             \
+                for (i = 0; i < ny; i++, pixel += row_stride) {                           \
+                    c0 = c0 + wy[i] * GATHER##_load(pixel);                               \
+                    c1 = c1 + wy[i] * GATHER##_load(pixel + lanes);                       \
+                    c2 = c2 + wy[i] * GATHER##_load(pixel + 2 * lanes);                   \
+                    c3 = c3 + wy[i] * GATHER##_load(pixel + 3 * lanes);                   \
+                }                                                                         \
+                a0 = a0 + wx[j] * c0;                                                     \
+                a1 = a1 + wx[j] * c1;                                                     \
+                a2 = a2 + wx[j] * c2;                                                     \
+                a3 = a3 + wx[j] * c3;                                                     \
+            }                                                                             \
+            GATHER##_store(acc + c, a0);                                                  \
+            GATHER##_store(acc + c + lanes, a1);                                          \
+            GATHER##_store(acc + c + 2 * lanes, a2);                                      \
+            GATHER##_store(acc + c + 3 * lanes, a3);                                      \
+        }                                                                                 \
+        for (; c + lanes <= channels; c += lanes) {                                       \
+            V a = zero;                                                                   \
+            for (j = 0; j < nx; j++) {                                                    \
+                const T* pixel = image + j * col_stride + c;                              \
+                V column = zero;                                                          \
+                for (i = 0; i < ny; i++, pixel += row_stride)                             \
+                    column = column + wy[i] * GATHER##_load(pixel);                       \
+                a = a + wx[j] * column;                                                   \
+            }                                                                             \
+            GATHER##_store(acc + c, a);                                                   \
+        }                                                                                 \
+        for (; c < channels; c++)                                                         \
+            ROIALIGN_TENT_SCALAR(T, image, row_stride, col_stride, wy, ny, wx, nx, c, acc); \
+    }
+
 ROIALIGN_DEFINE_GATHER(roialign_gather_f32, float, roialign_f32v)
 ROIALIGN_DEFINE_GATHER(roialign_gather_f64, double, roialign_f64v)
-
-#if !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+ROIALIGN_DEFINE_TENT(roialign_tent_f32, roialign_gather_f32, float, roialign_f32v)
+ROIALIGN_DEFINE_TENT(roialign_tent_f64, roialign_gather_f64, double, roialign_f64v)
 
 #else
 
@@ -105,8 +170,19 @@ ROIALIGN_DEFINE_GATHER(roialign_gather_f64, double, roialign_f64v)
             ROIALIGN_GATHER_SCALAR(T, image, offsets, weights, n_samples, c, row);        \
     }
 
+#define ROIALIGN_DEFINE_TENT(NAME, T)                                                     \
+    static void NAME(const T* image, Py_ssize_t row_stride, Py_ssize_t col_stride,        \
+                     const T* wy, Py_ssize_t ny, const T* wx, Py_ssize_t nx,              \
+                     Py_ssize_t channels, T* acc) {                                       \
+        Py_ssize_t c;                                                                     \
+        for (c = 0; c < channels; c++)                                                    \
+            ROIALIGN_TENT_SCALAR(T, image, row_stride, col_stride, wy, ny, wx, nx, c, acc); \
+    }
+
 ROIALIGN_DEFINE_GATHER(roialign_gather_f32, float)
 ROIALIGN_DEFINE_GATHER(roialign_gather_f64, double)
+ROIALIGN_DEFINE_TENT(roialign_tent_f32, float)
+ROIALIGN_DEFINE_TENT(roialign_tent_f64, double)
 
 #endif
 

@@ -1,5 +1,5 @@
-# The register-blocked weighted gather of _channel_gather.h, for both float types: the
-# channels-last RoIAlign sum over a bin's samples, in torchvision's rounding.
+# The register-blocked loops of _channel_gather.h, for both float types: the channels-last
+# RoIAlign sum over a bin's samples (torchvision's rounding) and PrRoIPool's bin integral.
 
 from roialign_cy._sample_table cimport floating
 
@@ -10,6 +10,14 @@ cdef extern from "_channel_gather.h":
     void gather_f64 "roialign_gather_f64"(const double* image, const Py_ssize_t* offsets,
                                           const double* weights, Py_ssize_t n_samples,
                                           Py_ssize_t channels, double* row) noexcept nogil
+    void tent_f32 "roialign_tent_f32"(const float* image, Py_ssize_t row_stride,
+                                      Py_ssize_t col_stride, const float* wy, Py_ssize_t ny,
+                                      const float* wx, Py_ssize_t nx, Py_ssize_t channels,
+                                      float* acc) noexcept nogil
+    void tent_f64 "roialign_tent_f64"(const double* image, Py_ssize_t row_stride,
+                                      Py_ssize_t col_stride, const double* wy, Py_ssize_t ny,
+                                      const double* wx, Py_ssize_t nx, Py_ssize_t channels,
+                                      double* acc) noexcept nogil
 
 
 cdef enum:
@@ -26,3 +34,15 @@ cdef inline void gather(const floating* image, const Py_ssize_t* offsets,
         gather_f32(image, offsets, weights, n_samples, channels, row)
     else:
         gather_f64(image, offsets, weights, n_samples, channels, row)
+
+
+cdef inline void tent_integrals(const floating* image, Py_ssize_t row_stride,
+                                Py_ssize_t col_stride, const floating* wy, Py_ssize_t ny,
+                                const floating* wx, Py_ssize_t nx, Py_ssize_t channels,
+                                floating* acc) noexcept nogil:
+    """acc[c] = sum_j wx[j] * (sum_i wy[i] * pixel (i, j)[c]), image at the bin's first pixel
+    (see _channel_gather.h)."""
+    if floating is float:
+        tent_f32(image, row_stride, col_stride, wy, ny, wx, nx, channels, acc)
+    else:
+        tent_f64(image, row_stride, col_stride, wy, ny, wx, nx, channels, acc)

@@ -16,6 +16,7 @@
 from libc.math cimport ceil, floor, fmax, fmin, INFINITY
 
 from roialign_cy._channel_blocks cimport BlockItem, block_item
+from roialign_cy._channel_gather cimport tent_integrals
 from roialign_cy._kernel_call cimport (
     Geometry,
     KernelCall,
@@ -200,24 +201,10 @@ cdef inline void bin_integrals(floating* acc, const floating* image, const Geome
                                const floating* wy, Py_ssize_t y0, Py_ssize_t ny,
                                const floating* wx, Py_ssize_t x0, Py_ssize_t nx) noexcept nogil:
     """acc[c] = bin_value of every channel c of a channels-last image, channels innermost
-    (each pixel's offset computed once for all of them; the same sums in the same order as
-    bin_value, so both layouts give the same bits)."""
-    cdef Py_ssize_t i, j, c, at
-    cdef floating w
-    cdef floating* column = acc + g.channels  # acc holds 2 * C values
-    for c in range(g.channels):
-        acc[c] = 0
-    for j in range(nx):
-        for c in range(g.channels):
-            column[c] = 0
-        for i in range(ny):
-            w = wy[i]
-            at = (y0 + i) * g.row_stride + (x0 + j) * g.col_stride
-            for c in range(g.channels):
-                column[c] = column[c] + w * image[at + c]
-        w = wx[j]
-        for c in range(g.channels):
-            acc[c] = acc[c] + w * column[c]
+    and register-blocked (tent_integrals: the same sums in the same order as bin_value, so
+    both layouts give the same bits)."""
+    tent_integrals(image + y0 * g.row_stride + x0 * g.col_stride, g.row_stride, g.col_stride,
+                   wy, ny, wx, nx, g.channels, acc)
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
