@@ -311,13 +311,16 @@ def count_work(wl):
 
 
 def _limit(rates, threads):
-    """The best Rate measured at `threads` threads or fewer (None if none was).
+    """The best Rate measured at `threads` threads or fewer; None if `threads` was not
+    measured (a probe built without OpenMP runs 1 thread only).
 
     T threads can always do what fewer do, so a lower figure at T (a run the machine's
     load slowed down) must not make the bound at T weaker than the one at fewer threads.
     """
-    found = [rate for count, rate in rates.items() if count <= threads]
-    return max(found, key=lambda rate: rate.best) if found else None
+    if threads not in rates:
+        return None
+    return max((rate for count, rate in rates.items() if count <= threads),
+               key=lambda rate: rate.best)
 
 
 def bounds(work, machine, caches, threads):
