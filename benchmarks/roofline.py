@@ -61,10 +61,11 @@ class Probe:
     dram_bytes: int
 
 
-# Runs of 5 ms, not one long one: on a shared machine a run is preempted more often the
-# longer it lasts, and the best of many short runs is the figure closest to the hardware's.
-FULL = Probe(sample_s=0.005, repeats=15, dram_bytes=DRAM_BYTES)  # >= 75 ms a figure
-QUICK = Probe(sample_s=0.002, repeats=5, dram_bytes=0)
+# Many runs of 1 ms, not a few long ones: on a shared machine a run is preempted more often
+# the longer it lasts (a time slice is a few ms when the cores are contended), and the best
+# of many short runs is the figure closest to the hardware's.
+FULL = Probe(sample_s=0.001, repeats=51, dram_bytes=DRAM_BYTES)  # >= 51 ms a figure
+QUICK = Probe(sample_s=0.001, repeats=5, dram_bytes=0)
 # roi_align calls: warm-up, then the median of 5 to 15 calls (about 0.5 s a row).
 WORKLOAD_POLICY = timing.Policy(budget_s=0.5, min_repeats=5, max_repeats=15, slow_call_s=1.0,
                                 slow_repeats=3)
@@ -223,14 +224,28 @@ def measure_machine(lib, caches, thread_counts, probe):
     for name, nbytes in sizes:
         # Whole vector steps (64 floats) per thread share; ones, so every page is really there.
         data = np.ones(max(nbytes // FLOAT_BYTES // 64, 1) * 64, dtype=np.float32)
-        # A rep reads the whole array, split between the threads: T threads get T x the reps.
-        rates = _rates(lambda reps, threads, seconds: lib.probe_read(
-            data.ctypes.data, data.size, reps, threads, seconds),
-            counts, probe, work=lambda threads: data.nbytes, scale=lambda threads: threads)
+        # DRAM: each run reads the next window of the buffer (four times L3, at least 32 MiB),
+        # so a run stays short and what it reads was last read all the other windows ago:
+        # not in any cache. A cache level: every run reads the whole working set.
+        window = data.size if name != "DRAM" else min(
+            data.size, max(32 << 20, 4 * caches.get(3, 8 << 20)) // FLOAT_BYTES)
+        windows = [0]
+
+        def read(reps, threads, seconds, data=data, window=window, windows=windows):
+            """probe_read over the next window of `data` (the whole of it for a cache)."""
+            first = windows[0] % (data.size // window) * window
+            windows[0] += 1
+            return lib.probe_read(data.ctypes.data + first * FLOAT_BYTES, window, reps, threads,
+                                  seconds)
+
+        # A rep reads the window once, split between the threads: T threads get T x the reps.
+        rates = _rates(read, counts, probe, work=lambda threads: window * FLOAT_BYTES,
+                       scale=lambda threads: threads)
         for threads, rate in rates.items():
             bandwidth[(name, threads)] = rate
             progress(f"  read {name} ({report.fmt_bytes(data.nbytes)}), {threads} thr: "
                      f"{rate.best / 1e9:.1f} GB/s")
+        dram_window = window * FLOAT_BYTES  # the last level is DRAM
         del data
     # A rep is one step of every thread's chains.
     per_step = lib.probe_mul_add_flops_per_step()
@@ -246,7 +261,7 @@ def measure_machine(lib, caches, thread_counts, probe):
                         probe, work=lambda threads: 16)[1]
         fp_latency = clock.best / fp_add.best
         progress(f"  clock {clock.best / 1e9:.2f} GHz, float add latency {fp_latency:.1f} cycles")
-    return {"sizes": dict(sizes), "bandwidth": bandwidth, "flops": flops, "clock": clock,
+    return {"sizes": dict(sizes), "dram_window": dram_window, "bandwidth": bandwidth, "flops": flops, "clock": clock,
             "fp_add_latency": fp_latency, "openmp": openmp, "avx": bool(lib.probe_avx()),
             "counts": counts}
 
@@ -399,7 +414,10 @@ def probe_section(machine, caches, cache_source, compile_command, probe):
         + ("" if machine["openmp"] else "; compiled without OpenMP, so 1 thread only") + ".",
         f"Caches of one core ({cache_source}): "
         + ", ".join(f"L{level} {report.fmt_bytes(size)}" for level, size in sorted(caches.items()))
-        + ". Each working set is about half a level; several threads split it between them.",
+        + ". Each cache working set is about half a level; DRAM: a "
+        f"{report.fmt_bytes(machine['sizes']['DRAM'])} buffer, each run reading its next "
+        f"{report.fmt_bytes(machine['dram_window'])} window (not in any cache since its last "
+        "read). Several threads split a run's reads between them.",
         "",
         f"Read bandwidth in GB/s (10^9 bytes/s) and the multiply+add rate in GFLOP/s: the best "
         f"of {probe.repeats} timed runs of at least {probe.sample_s * 1e3:g} ms each (the "
