@@ -36,12 +36,12 @@ import peers
 import report
 import timing
 import workloads
+from records import LAYOUTS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Roofline: this machine's limits and each workload against them"
 PROBE_SOURCE = os.path.join(HERE, "roofline_probe.c")
 WORKLOADS = ("box_head_fpn", "mask_head_fpn", "c4_head", "many_small")
-LAYOUTS = ("NCHW", "NHWC")
 FLOAT_BYTES = 4
 LANES = 8          # floats per AVX vector: the unit the vector-op counts are in
 TAPS = 4           # bilinear taps per sample
