@@ -11,7 +11,7 @@ import numpy as np
 import peers
 
 
-def _lscpu():
+def lscpu():
     """lscpu's "Key: value" lines as a dict (empty where lscpu is missing)."""
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
@@ -30,12 +30,12 @@ def cpu_model():
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return _lscpu().get("Model name") or platform.processor() or "unknown"
+    return lscpu().get("Model name") or platform.processor() or "unknown"
 
 
 def machine():
     """Architecture, plus the hypervisor when lscpu reports one (timings in a VM are noisier)."""
-    hypervisor = _lscpu().get("Hypervisor vendor")
+    hypervisor = lscpu().get("Hypervisor vendor")
     return f"{platform.machine()}, {hypervisor} virtual machine" if hypervisor else platform.machine()
 
 
@@ -45,6 +45,41 @@ def usable_cores():
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def add_threads_option(parser):
+    """The --threads option the benchmark scripts share."""
+    parser.add_argument("--threads", default="",
+                        help="comma-separated thread counts, e.g. 1,2,4,8,16 (default: 1 and the "
+                             "usable cores); counts above the usable cores are skipped with a note")
+
+
+def thread_counts(text):
+    """(counts to run, counts skipped) for a --threads value ("" = 1 and the usable cores).
+
+    A count above the cores this process may use would only time oversubscription, so it is
+    skipped (and the caller says so); the counts run are sorted, each once.
+    """
+    usable = usable_cores()
+    try:
+        asked = [int(t) for t in text.split(",") if t.strip()] or [1, usable]
+    except ValueError:
+        raise SystemExit(f"--threads takes comma-separated integers, not {text!r}")
+    if min(asked) < 1:
+        raise SystemExit(f"--threads: thread counts must be >= 1, not {text!r}")
+    counts = sorted({n for n in asked if n <= usable})
+    skipped = sorted({n for n in asked if n > usable})
+    if not counts:
+        raise SystemExit(f"--threads {text}: every count is above the {usable} usable cores")
+    return counts, skipped
+
+
+def skipped_note(skipped):
+    """The sentence saying which thread counts were skipped ("" when none)."""
+    if not skipped:
+        return ""
+    return (f"thread count(s) {', '.join(map(str, skipped))} skipped: above the "
+            f"{usable_cores()} cores this process may use")
 
 
 def load_average():

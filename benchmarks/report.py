@@ -114,11 +114,11 @@ def _present_peers(cases):
 def results_table(cases, thread_counts):
     """One Markdown table for the cases of one (op, direction)."""
     peers = _present_peers(cases)
-    n_all = thread_counts[-1]
+    speedups = len(thread_counts) > 1 and 1 in thread_counts
     header = ["workload", "layout", "threads", "floor", "roialign_cy"] + peers
     header += [f"{SHORT[p]} / ours" for p in peers] + ["ours / floor"]
-    if len(thread_counts) > 1:
-        header.append(f"ours {n_all} thr vs 1")
+    if speedups:  # our speedup over our own 1-thread time, on every row with more threads
+        header.append("ours N thr vs 1")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case in cases:
         unit = "µs" if case.tiny else "ms"
@@ -132,9 +132,9 @@ def results_table(cases, thread_counts):
                 row += [fmt_ratio(_ratio(case.get(p, layout, threads), ours)) for p in peers]
                 row.append(fmt_ratio(ours.seconds / case.floor_s)
                            if ours.status == "ok" and case.floor_s else "—")
-                if len(thread_counts) > 1:
+                if speedups:
                     speedup = (_ratio(case.get("roialign_cy", layout, 1), ours)
-                               if threads == n_all else None)
+                               if threads > 1 else None)
                     row.append(fmt_ratio(speedup) if speedup else "")
                 lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -222,7 +222,9 @@ def environment_table(env):
         ("onnxruntime / onnx", f"{version('onnxruntime')} / {version('onnx')}"),
         ("matplotlib", version("matplotlib")),
         ("thread counts", ", ".join(str(t) for t in env["thread_counts"])
-         + " (1 and os.cpu_count())"),
+         + (f" (`--threads {env['threads_asked']}`)" if env.get("threads_asked")
+            else " (1 and the usable cores)")
+         + (f"; {env['threads_skipped_note']}" if env.get("threads_skipped_note") else "")),
         ("date", env["date"]),
         ("command", f"`{env['command']}` ({env['wall_s']:.0f} s wall)"),
     ]
@@ -238,6 +240,21 @@ def _busy(env):
     except (TypeError, ValueError):
         return False
     return load > 0.5 * env["cpu_count"]
+
+
+def busy_note(env):
+    """The warning paragraph for a run on a busy machine, as a list of lines ([] when idle)."""
+    if not _busy(env):
+        return []
+    return [
+        f"> The machine was not idle during this run (1-minute load average "
+        f"{env['load_start']} at the start, {env.get('load_end', '?')} at the end, on "
+        f"{env['cpu_count']} cores): other processes competed for the cores, so absolute "
+        "times are inflated and the all-cores rows (and our multi-thread speedup) "
+        "understate what an idle machine gives. Ratios between implementations measured "
+        "back to back are the more robust figures.",
+        "",
+    ]
 
 
 def render(env, workloads, cases, memory, options):
@@ -264,16 +281,7 @@ def render(env, workloads, cases, memory, options):
         environment_table(env),
         "",
     ]
-    if _busy(env):
-        parts += [
-            f"> The machine was not idle during this run (1-minute load average "
-            f"{env['load_start']} at the start, {env.get('load_end', '?')} at the end, on "
-            f"{env['cpu_count']} cores): other processes competed for the cores, so absolute "
-            "times are inflated and the all-cores rows (and our multi-thread speedup) "
-            "understate what an idle machine gives. Ratios between implementations measured "
-            "back to back are the more robust figures.",
-            "",
-        ]
+    parts += busy_note(env)
     parts += [
         "## Workloads",
         "",
@@ -294,7 +302,7 @@ def render(env, workloads, cases, memory, options):
         "Times in ms (µs for `seed`); `(n×)` after a time is that time over the floor. "
         "`tv / ours`, `ort / ours`, `numpy / ours` are the peer's time over ours at the same "
         "thread count (above 1× = roialign_cy faster); `ours N thr vs 1` is our speedup from "
-        "1 thread to all cores.",
+        "1 thread to that row's N threads.",
         "",
         "- † torchvision and ONNX Runtime only take NCHW: the NHWC rows repeat their NCHW "
         "figure (and the ratio compares it with our NHWC time).",
@@ -311,8 +319,11 @@ def render(env, workloads, cases, memory, options):
         "- roi_pool backward: both torchvision and roialign_cy receive the arg-max indices "
         "their own forward recorded (computed outside the timing; roialign_cy's "
         "`roi_pool(..., return_argmax=True)` and `roi_pool_backward(..., argmax=)`).",
-        "",
     ]
+    if env.get("threads_skipped_note"):
+        parts.append(f"- Threads: {env['threads_skipped_note']} (they would only time "
+                     "oversubscription).")
+    parts.append("")
     sections = []
     for key, title in OPERATION_TITLES.items():
         selected = [c for c in cases if (c.op, c.direction) == key]

@@ -3,6 +3,7 @@
     python benchmarks/run.py                     # full run, writes RESULTS.md + speedup.png
     python benchmarks/run.py --quick --no-write  # smoke test (CI): under a minute, writes nothing
     python benchmarks/run.py --workloads seed,c4_head
+    python benchmarks/run.py --threads 1,2,4,8,16   # thread scaling (counts above the cores: skipped)
 
 Peers are optional: whatever is not installed is skipped, and the run still times
 roialign_cy, the NumPy baseline and the floor. Progress goes to stderr, the Markdown report
@@ -45,6 +46,7 @@ def parse_args(argv):
                         help="comma-separated peers to try (default: all; '' for none)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the peak-memory subprocesses (always skipped with --quick)")
+    environment.add_threads_option(parser)
     parser.add_argument("--output-dir", default=HERE,
                         help="where RESULTS.md and speedup.png go (default: benchmarks/)")
     return parser.parse_args(argv)
@@ -256,12 +258,15 @@ def main(argv=None):
     names = split_names(args.workloads, list(workloads.BUILDERS), "workload") or list(workloads.BUILDERS)
     enabled = split_names(args.peers, list(peers.PEERS), "peer")
     operations = [op for op in OPERATIONS if peers.has_ours(*op)]
-    n_all = os.cpu_count() or 1
-    thread_counts = sorted({1, n_all})
+    thread_counts, skipped = environment.thread_counts(args.threads)
     env = environment.describe()
     env["thread_counts"] = thread_counts
+    env["threads_asked"] = args.threads
+    env["threads_skipped_note"] = environment.skipped_note(skipped)
+    if skipped:
+        progress(f"note: {env['threads_skipped_note']}")
     progress(f"roialign_cy {env['roialign_cy']} (OpenMP {'on' if env['openmp'] else 'off'}), "
-             f"{env['cpu']}, {n_all} core(s), threads {thread_counts}, "
+             f"{env['cpu']}, {env['usable_cores']} usable core(s), threads {thread_counts}, "
              f"{'QUICK' if args.quick else 'full'} run; peers: "
              + ", ".join(f"{p} {'yes' if p == 'numpy' or env.get(p) else 'no'}" for p in enabled))
 

@@ -41,12 +41,13 @@ TINY_QUICK = Policy(budget_s=0.02, min_repeats=5, max_repeats=11, slow_call_s=1.
 
 @dataclass
 class Timing:
-    """Seconds per call: median and minimum over `repeats` batches of `number` calls."""
+    """Seconds per call: median, minimum and maximum over `repeats` batches of `number` calls."""
 
     median_s: float
     min_s: float
     repeats: int
     number: int
+    max_s: float = None
 
 
 def measure(fn, policy, first_call_s=None):
@@ -57,7 +58,7 @@ def measure(fn, policy, first_call_s=None):
     """
     if first_call_s is not None and first_call_s > policy.slow_call_s:
         if policy.slow_repeats == 0 or first_call_s > policy.single_call_s:
-            return Timing(first_call_s, first_call_s, 1, 1)  # the checked call is the sample
+            return Timing(first_call_s, first_call_s, 1, 1, first_call_s)  # the checked call is the sample
         first = first_call_s
     else:
         start = time.perf_counter()
@@ -76,4 +77,4 @@ def measure(fn, policy, first_call_s=None):
         for _ in range(number):
             fn()
         samples.append((time.perf_counter() - start) / number)
-    return Timing(statistics.median(samples), min(samples), repeats, number)
+    return Timing(statistics.median(samples), min(samples), repeats, number, max(samples))
