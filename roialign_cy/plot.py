@@ -284,9 +284,10 @@ def _draw_align(ax: Axes, checked: _Checked, grid: Dict[str, float],
     _draw_samples(ax, grid, samples, view)
     handles = [Line2D([], [], color=_GRID_COLOR, linestyle="--", marker=".",
                       label="feature map"),
-               Line2D([], [], color=_ROI_COLOR, linewidth=2, label="RoI and its bins")]
-    handles.append(Line2D([], [], linestyle="", marker="o", color=_SAMPLE_COLOR,
-                          label="sampling points"))
+               Line2D([], [], color=_GRID_COLOR, linestyle=":", label="[-1, W] x [-1, H]: read"),
+               Line2D([], [], color=_ROI_COLOR, linewidth=2, label="RoI and its bins"),
+               Line2D([], [], linestyle="", marker="o", color=_SAMPLE_COLOR,
+                      label="sampling points")]
     if not samples["inside"].all():
         handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="none",
                               color=_SAMPLE_COLOR, label="outside: contribute 0"))
