@@ -121,19 +121,20 @@ def _sample_index(sample: Any, shape: Tuple[int, ...]) -> Optional[Tuple[int, in
         if len(sample) != 4:
             raise ValueError(f"sample must be a flat index or (bin_y, bin_x, iy, ix), got "
                              f"{sample!r}")
-        index = tuple(_args.check_int(value, "sample") for value in sample)
+        bin_y, bin_x, iy, ix = (_args.check_int(value, "sample") for value in sample)
         names = ("bin_y", "bin_x", "iy", "ix")
-        for name, value, bound in zip(names, index, shape):
+        for name, value, bound in zip(names, (bin_y, bin_x, iy, ix), shape):
             if not 0 <= value < bound:
                 raise ValueError(f"sample {name}={value} is outside [0, {bound}) for this box "
                                  f"(bins {shape[0]}x{shape[1]}, {shape[2]}x{shape[3]} "
                                  f"samples per bin)")
-        return index  # type: ignore[return-value]
+        return bin_y, bin_x, iy, ix
     flat = _args.check_int(sample, "sample")
     if not -n_samples <= flat < n_samples:
         raise ValueError(f"sample {flat} is outside [-{n_samples}, {n_samples}): this box "
                          f"has {n_samples} sampling points")
-    return tuple(int(i) for i in np.unravel_index(flat % n_samples, shape))  # type: ignore
+    bin_y, bin_x, iy, ix = (int(i) for i in np.unravel_index(flat % n_samples, shape))
+    return bin_y, bin_x, iy, ix
 
 
 def _view(checked: _Checked, grid: Dict[str, float]) -> Tuple[float, float, float, float]:
@@ -167,6 +168,12 @@ def _draw_map(ax: Axes, checked: _Checked, view: Tuple[float, float, float, floa
     ax.add_patch(Rectangle((-1.0, -1.0), checked.width + 1.0, checked.height + 1.0, fill=False,
                            edgecolor=_GRID_COLOR, linestyle=":", linewidth=0.8,
                            gid="sampling-region", zorder=1))
+
+
+def _map_legend() -> List[Any]:
+    """Legend entries of what _draw_map draws."""
+    return [Line2D([], [], color=_GRID_COLOR, linestyle="--", marker=".", label="feature map"),
+            Line2D([], [], color=_GRID_COLOR, linestyle=":", label="[-1, W] x [-1, H]: read")]
 
 
 def _draw_roi(ax: Axes, checked: _Checked, grid: Dict[str, float]) -> None:
@@ -282,12 +289,9 @@ def _draw_align(ax: Axes, checked: _Checked, grid: Dict[str, float],
     _draw_map(ax, checked, view)
     _draw_roi(ax, checked, grid)
     _draw_samples(ax, grid, samples, view)
-    handles = [Line2D([], [], color=_GRID_COLOR, linestyle="--", marker=".",
-                      label="feature map"),
-               Line2D([], [], color=_GRID_COLOR, linestyle=":", label="[-1, W] x [-1, H]: read"),
-               Line2D([], [], color=_ROI_COLOR, linewidth=2, label="RoI and its bins"),
-               Line2D([], [], linestyle="", marker="o", color=_SAMPLE_COLOR,
-                      label="sampling points")]
+    handles = _map_legend() + [
+        Line2D([], [], color=_ROI_COLOR, linewidth=2, label="RoI and its bins"),
+        Line2D([], [], linestyle="", marker="o", color=_SAMPLE_COLOR, label="sampling points")]
     if not samples["inside"].all():
         handles.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="none",
                               color=_SAMPLE_COLOR, label="outside: contribute 0"))
@@ -408,12 +412,10 @@ def _draw_pool(ax: Axes, checked: _Checked, grid: Dict[str, float]) -> None:
     ax.add_patch(Rectangle((x0, y0), pw * grid["bin_w"], ph * grid["bin_h"], fill=False,
                            edgecolor=_ROI_COLOR, linewidth=2.0, linestyle="--", gid="roi",
                            zorder=3))
-    handles = [Line2D([], [], color=_GRID_COLOR, linestyle="--", marker=".",
-                      label="feature map"),
-               Line2D([], [], color=_ROI_COLOR, linewidth=2, linestyle="--",
-                      label="RoIAlign's RoI"),
-               Rectangle((0, 0), 1, 1, facecolor=to_rgba(_POOL_COLORS[0], 0.15),
-                         edgecolor=_POOL_COLORS[0], label="RoIPool bins (pixels maxed)")]
+    handles = _map_legend() + [
+        Line2D([], [], color=_ROI_COLOR, linewidth=2, linestyle="--", label="RoIAlign's RoI"),
+        Rectangle((0, 0), 1, 1, facecolor=to_rgba(_POOL_COLORS[0], 0.15),
+                  edgecolor=_POOL_COLORS[0], label="RoIPool bins (pixels maxed)")]
     suffix = f", {empty} empty (0)" if empty else ""
     title = (f"RoIPool: {ph}x{pw} bins quantized to pixels{suffix}\n{_box_text(checked)}, "
              f"rounded")

@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from reference import quantized_bins, sample_grid
 
 import roialign_cy
 from roialign_cy import _sampling_grid
@@ -51,7 +52,8 @@ def drawn_points(ax):
     return np.asarray(samples.get_offsets(), dtype=np.float64), faces[:, 3] > 0
 
 
-# ---- torchvision's formula, written out (SEMANTICS.md), float64 ------------------------------
+# ---- torchvision's formula, written out (SEMANTICS.md), float64: the coordinates here; the taps
+# and RoIPool's bins from tests/reference.py -------------------------------------------------
 
 
 def reference_samples(box, scale, pooled, sampling_ratio, aligned):
@@ -71,26 +73,6 @@ def reference_samples(box, scale, pooled, sampling_ratio, aligned):
     x = np.array([[start_x + p * bin_w + (i + 0.5) * bin_w / grid_w for i in range(grid_w)]
                   for p in range(pw)]).reshape(pw, grid_w)
     return y, x, max(grid_h * grid_w, 1)
-
-
-def reference_taps(y, x, height, width):
-    """torchvision's bilinear taps [(row, col, weight)] * 4 of an inside sample."""
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_low, x_low = int(math.floor(y)), int(math.floor(x))
-    if y_low >= height - 1:
-        y_low = y_high = height - 1
-        y = float(y_low)
-    else:
-        y_high = y_low + 1
-    if x_low >= width - 1:
-        x_low = x_high = width - 1
-        x = float(x_low)
-    else:
-        x_high = x_low + 1
-    ly, lx = y - y_low, x - x_low
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return [(y_low, x_low, hy * hx), (y_low, x_high, hy * lx), (y_high, x_low, ly * hx),
-            (y_high, x_high, ly * lx)]
 
 
 def random_case(rng):
@@ -158,15 +140,17 @@ def test_taps_are_torchvisions_and_weights_sum_to_one(case):
     height, width = map_size
     samples = _sampling_grid.roi_align_samples(np.array(box), scale, aligned, *pooled,
                                                sampling_ratio, height, width)
-    y, x, _ = reference_samples(box, scale, pooled, sampling_ratio, aligned)
+    bins, _ = sample_grid(box, scale, pooled, sampling_ratio, aligned, height, width)
+    grid_w = samples["inside"].shape[3]
     for index in np.ndindex(samples["inside"].shape):
         ph, pw, iy, ix = index
         rows, cols = samples["tap_rows"][index], samples["tap_cols"][index]
         weights = samples["tap_weights"][index]
+        taps = bins[ph, pw][iy * grid_w + ix]
         if not samples["inside"][index]:
+            assert taps is None
             assert rows.tolist() == cols.tolist() == [-1] * 4 and not weights.any()
             continue
-        taps = reference_taps(y[ph, iy], x[pw, ix], height, width)
         assert list(zip(rows.tolist(), cols.tolist(), weights.tolist())) == taps
         assert weights.sum() == pytest.approx(1.0, abs=1e-12)
         assert ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).all()
@@ -248,21 +232,6 @@ def test_empty_grid_draws_no_samples(plot):
     assert not [a for a in ax.get_children() if a.get_gid() == "chosen-sample"]
 
 
-def c_round(value):
-    """C's round(): halves away from zero (Python's round() goes to even)."""
-    return math.copysign(math.floor(abs(value) + 0.5), value)
-
-
-def reference_pool_bins(first, last, scale, n_bins, size):
-    """torchvision's roi_pool bins along one axis: [(start, end)] clipped to [0, size]."""
-    start = c_round(first * scale)
-    length = max(c_round(last * scale) - start + 1, 1)
-    bin_size = length / n_bins
-    return [(int(min(max(math.floor(p * bin_size) + start, 0), size)),
-             int(min(max(math.ceil((p + 1) * bin_size) + start, 0), size)))
-            for p in range(n_bins)]
-
-
 @pytest.mark.parametrize("case", CASES)
 def test_pool_bins_are_roi_pools(plot, case):
     map_size, box, pooled, scale, sampling_ratio, aligned = case
@@ -271,8 +240,8 @@ def test_pool_bins_are_roi_pools(plot, case):
                                                 aligned, axes=new_axes(2))
     assert align_ax.get_gid() is None and artist(align_ax, "samples") is not None
     ph, pw = pooled
-    ys = reference_pool_bins(box[1], box[3], scale, ph, height)
-    xs = reference_pool_bins(box[0], box[2], scale, pw, width)
+    ys = quantized_bins(box[1], box[3], scale, ph, height, np.float64)
+    xs = quantized_bins(box[0], box[2], scale, pw, width, np.float64)
     expected = [(x0 - 0.5, y0 - 0.5, x1 - x0, y1 - y0) for y0, y1 in ys for x0, x1 in xs
                 if y1 > y0 and x1 > x0]
     drawn = [(r.get_x(), r.get_y(), r.get_width(), r.get_height())
