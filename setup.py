@@ -12,8 +12,8 @@ Metadata lives in pyproject.toml; this file only builds the extension:
   sanitizer and debugging builds;
 - ``ROIALIGN_CY_NO_OPENMP=1`` forces the serial build (used to test the fallback);
 - lists the compiled modules in one place: every operator's ``roialign_cy/_<op>_kernels.pyx``
-  (found by name, so a new operator needs no edit here) plus the shared ``_boxes`` and
-  ``_runtime``;
+  (found by name, so a new operator needs no edit here) plus the shared ``_boxes``,
+  ``_runtime`` and ``_sampling_grid`` (roialign_cy.plot's geometry);
 - on x86-64, also builds each kernel module a second time for AVX2 (``_<op>_kernels_avx2``,
   generated here, never committed; chosen at import on CPUs that have it, see
   roialign_cy/_dispatch.py) when the compiler accepts ``-mavx2``. ``ROIALIGN_CY_NO_AVX2=1``
@@ -47,7 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Every operator's kernels, by file name; each gets an AVX2 twin (see avx2_twin).
 KERNEL_SOURCES = sorted(glob.glob(os.path.join("roialign_cy", "_*_kernels.pyx")))
 SHARED_SOURCES = [os.path.join("roialign_cy", "_boxes.pyx"),
-                  os.path.join("roialign_cy", "_runtime.pyx")]
+                  os.path.join("roialign_cy", "_runtime.pyx"),
+                  os.path.join("roialign_cy", "_sampling_grid.pyx")]
 AVX2_SUFFIX = "_avx2"
 
 C_PROBE = "int main(void) { return 0; }\n"

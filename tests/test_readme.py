@@ -9,11 +9,27 @@ README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
 
 @pytest.mark.skipif(not README.exists(), reason="README.md is not next to the tests")
-def test_readme_examples_run():
-    """Every ```python block, in order, in one namespace (later blocks reuse earlier names)."""
+def test_readme_examples_run(tmp_path, monkeypatch):
+    """Every ```python block, in order, in one namespace (later blocks reuse earlier names),
+    from a temporary folder (they may write files); the roialign_cy.plot block only where
+    matplotlib, its optional dependency, is installed (then on the Agg backend)."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert len(blocks) >= 5
+    try:
+        import matplotlib
+    except ImportError:
+        matplotlib = None
+    else:
+        matplotlib.use("Agg")
+    monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
+        if "roialign_cy.plot" in block and matplotlib is None:
+            continue
         exec(compile(block, str(README), "exec"), namespace)
     assert namespace["pooled"].shape == (2, 256, 7, 7)
+    if matplotlib is not None:
+        import matplotlib.pyplot as plt
+
+        assert (tmp_path / "figure3.png").stat().st_size > 0
+        plt.close("all")

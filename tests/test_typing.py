@@ -287,6 +287,17 @@ def test_revealed_types(workdir):
     "the mypy that runs there (1.x) reports every module importing them as a stub mismatch"))
 def test_stubtest_passes_on_the_whole_package(workdir):
     """Every module, compiled (.pyi stubs, the AVX2 twins' generated ones included) and
-    Python (inline annotations), without an allowlist."""
-    result = run_python(workdir, "-m", "mypy.stubtest", "roialign_cy")
+    Python (inline annotations), without an allowlist.
+
+    Except where matplotlib, roialign_cy.plot's optional dependency, is not installed: that
+    module then cannot be imported (by design: it says which extra to install) and mypy
+    cannot see matplotlib's types, so those two are let pass, and nothing else.
+    """
+    options = []
+    if importlib.util.find_spec("matplotlib") is None:
+        (workdir / "no_matplotlib.ini").write_text(
+            "[mypy]\n[mypy-matplotlib,matplotlib.*]\nignore_missing_imports = True\n")
+        (workdir / "no_matplotlib.txt").write_text("roialign_cy.plot\n")
+        options = ["--mypy-config-file", "no_matplotlib.ini", "--allowlist", "no_matplotlib.txt"]
+    result = run_python(workdir, "-m", "mypy.stubtest", "roialign_cy", *options)
     assert result.returncode == 0, result.stdout + result.stderr
