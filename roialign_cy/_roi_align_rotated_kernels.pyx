@@ -7,9 +7,13 @@
 # features' float type T in the same order. What is new, as in _sample_table: only samples
 # inside [-1, H] x [-1, W] are visited (an outside sample contributes 0 there too). Along
 # one row of a bin's grid (fixed iy) the sample coordinates y and x are monotone in ix (every
-# rounding step is), so the inside samples form one run, found by bisection; rows that cannot
-# reach the map are skipped by a conservative bound. No table grows with the grid: samples are
-# gathered in chunks of CHUNK taps per thread.
+# rounding step is), so the inside samples form one run, found by bisection; the rows that can
+# reach the map (those within its preimage under the rotation) are found the same way. Where
+# T (or detectron2's float32 sample index) rounds neighbouring samples of a huge bin to one
+# coordinate, rows and columns go by runs of equal coordinates: a run is found by bisection
+# and, past LONGEST_UNMERGED_RUN, taken once with its length as weight (shorter runs are
+# walked, detectron2's sums bit for bit). Work is then bounded by the map, not the box. No
+# table grows with the grid: samples are gathered in chunks of CHUNK taps per thread.
 #
 # Channels-first maps with many RoIs per image run packed (as roi_align's packed kernels):
 # a work item packs one block of channels pixel-major (_channel_blocks), in cache, and pools
@@ -17,6 +21,7 @@
 # describes the packed block as a channels-last image of `block` channels. Each output
 # element still sums the same terms in the same order: the numbers do not change.
 
+from libc.float cimport DBL_EPSILON, FLT_EPSILON
 from libc.math cimport ceil, cos, fabs, floor, fmax, fmin, isfinite, sin
 from libc.string cimport memset
 
@@ -35,7 +40,14 @@ from roialign_cy._kernel_call cimport (
     make_geometry,
     n_block_items,
 )
-from roialign_cy._sample_table cimport floating, passed, sample_coordinate
+from roialign_cy._sample_table cimport (
+    LONGEST_UNMERGED_RUN,
+    coordinate_run_end,
+    first_passing,
+    floating,
+    passed,
+    sample_coordinate,
+)
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
 cdef enum:
@@ -54,6 +66,7 @@ cdef struct RotatedRoI:
     double count                 # forward divisor max(grid_h * grid_w, 1), in T
     double backward_count        # backward divisor grid_h * grid_w, in T
     bint finite                  # every parameter finite (else no sample lies inside)
+    double epsilon               # T's machine epsilon
 
 
 cdef inline RotatedRoI rotated_roi(const floating* box, floating spatial_scale,
@@ -89,6 +102,7 @@ cdef inline RotatedRoI rotated_roi(const floating* box, floating spatial_scale,
     r.n_w = fmin(r.grid_w, MAX_GRID) if r.finite else 0.0
     r.count = <floating>fmax(r.grid_h * r.grid_w, 1.0)
     r.backward_count = <floating>(r.grid_h * r.grid_w)
+    r.epsilon = FLT_EPSILON if floating is float else DBL_EPSILON
     return r
 
 
@@ -174,40 +188,63 @@ cdef inline void yy_window(double center, double slope, double t_lo, double t_hi
         yy_hi[0] = yy_lo[0] - 1.0  # empty
 
 
-cdef inline void row_window(const RotatedRoI* r, Py_ssize_t ph, Py_ssize_t pw, const Geometry* g,
-                            double* first, double* end) noexcept nogil:
-    """Rows [first, end) of bin (ph, pw) that may hold inside samples: a conservative bound
-    from real arithmetic, padded far beyond any rounding error of T (the rows it keeps are
-    then searched exactly)."""
+cdef inline bint row_bounds(const RotatedRoI* r, Py_ssize_t pw, const Geometry* g,
+                            double* yy_lo, double* yy_hi) noexcept nogil:
+    """[yy_lo, yy_hi]: where a row of bin column pw can hold samples inside the map (False
+    if nowhere), from real arithmetic padded several times over for T's rounding.
+
+    Rows are lines at the box's angle, so a row with an inside sample lies within the map's
+    preimage, yy = (y - cy) cos + (x - cx) sin over its corners. Such a sample's yy and xx are
+    as small as the map and the centre, so each rounding step of its y (or x) errs by at most
+    T's epsilon times `near`; the pad depends on the map and the centre, never on the box's
+    size. Two more bounds narrow it to the rows of bin column pw that can reach the map along
+    each axis; over a whole bin, xx goes as far as the box, and the float32 sample index
+    errs by FLT_EPSILON * |bin|: their pad is `far`.
+    """
+    cdef double near = 1.0 + 16.0 * r.epsilon * (fabs(r.center_h) + fabs(r.center_w)
+                                                  + g.height + g.width + 2.0)
     cdef double magnitude = (fabs(r.center_h) + fabs(r.center_w) + fabs(r.start_h) * 2
                              + fabs(r.start_w) * 2 + g.height + g.width + 1.0)
-    cdef double pad = 1.0 + magnitude * 1e-5
+    cdef double far = (1.0 + 16.0 * r.epsilon * magnitude
+                       + 4.0 * FLT_EPSILON * (fabs(r.bin_h) + fabs(r.bin_w)))
     cdef double x_lo = r.start_w + pw * r.bin_w
     cdef double x_hi = r.start_w + (pw + 1) * r.bin_w
-    cdef double y0 = r.start_h + ph * r.bin_h
-    cdef double step = r.bin_h / r.grid_h if r.grid_h > 0 else 0.0
-    cdef double yy_lo = -1e308, yy_hi = 1e308
-    cdef double lo, hi
-    x_lo, x_hi = fmin(x_lo, x_hi) - pad, fmax(x_lo, x_hi) + pad
+    cdef double a, b, c, d
+    a, b = (-1.0 - near - r.center_h) * r.cos_t, (g.height + near - r.center_h) * r.cos_t
+    c, d = (-1.0 - near - r.center_w) * r.sin_t, (g.width + near - r.center_w) * r.sin_t
+    yy_lo[0] = fmin(a, b) + fmin(c, d) - near
+    yy_hi[0] = fmax(a, b) + fmax(c, d) + near
+    x_lo, x_hi = fmin(x_lo, x_hi) - far, fmax(x_lo, x_hi) + far
     # y = yy * cos - xx * sin + cy, x = yy * sin + xx * cos + cx
     yy_window(r.center_h, r.cos_t, fmin(-x_lo * r.sin_t, -x_hi * r.sin_t),
-              fmax(-x_lo * r.sin_t, -x_hi * r.sin_t), -1.0 - pad, g.height + pad, &yy_lo, &yy_hi)
+              fmax(-x_lo * r.sin_t, -x_hi * r.sin_t), -1.0 - far, g.height + far, yy_lo, yy_hi)
     yy_window(r.center_w, r.sin_t, fmin(x_lo * r.cos_t, x_hi * r.cos_t),
-              fmax(x_lo * r.cos_t, x_hi * r.cos_t), -1.0 - pad, g.width + pad, &yy_lo, &yy_hi)
-    if yy_lo > yy_hi:
-        first[0] = end[0] = 0.0
+              fmax(x_lo * r.cos_t, x_hi * r.cos_t), -1.0 - far, g.width + far, yy_lo, yy_hi)
+    return yy_lo[0] <= yy_hi[0]
+
+
+cdef inline void row_window(const RotatedRoI* r, Py_ssize_t ph, Py_ssize_t pw,
+                            const Geometry* g, double* first, double* end,
+                            const floating* type_tag) noexcept nogil:
+    """Rows [first, end) of bin (ph, pw) whose yy lies within row_bounds: bisection over the
+    rows' own coordinates in T (monotone in iy), so no rounding needs a pad here."""
+    cdef double yy_lo, yy_hi
+    cdef bint rising = r.bin_h >= 0
+    cdef floating start = <floating>r.start_h
+    cdef floating bin_h = <floating>r.bin_h
+    first[0] = end[0] = 0.0
+    if not row_bounds(r, pw, g, &yy_lo, &yy_hi):
         return
-    if step <= 0:  # every row at y0
-        if yy_lo - pad <= y0 and y0 <= yy_hi + pad:
-            first[0], end[0] = 0.0, r.n_h
-        else:
-            first[0] = end[0] = 0.0
-        return
-    # yy(iy) = y0 + (iy + 0.5) * step, up to rounding (covered by pad)
-    lo = floor((yy_lo - pad - y0) / step - 0.5) - 1.0
-    hi = ceil((yy_hi + pad - y0) / step - 0.5) + 2.0
-    first[0] = fmin(fmax(lo, 0.0), r.n_h)
-    end[0] = fmin(fmax(hi, first[0]), r.n_h)
+    if rising:
+        first[0] = first_passing(start, bin_h, ph, r.grid_h, 0.0, r.n_h, <floating>yy_lo,
+                                 True, False)
+        end[0] = first_passing(start, bin_h, ph, r.grid_h, first[0], r.n_h, <floating>yy_hi,
+                               True, True)
+    else:
+        first[0] = first_passing(start, bin_h, ph, r.grid_h, 0.0, r.n_h, <floating>yy_hi,
+                                 False, False)
+        end[0] = first_passing(start, bin_h, ph, r.grid_h, first[0], r.n_h, <floating>yy_lo,
+                               False, True)
 
 
 cdef inline bint tap(const RotatedRoI* r, const Geometry* g, floating yy, floating xx,
@@ -300,46 +337,87 @@ cdef inline void scatter(floating* grad_image, const Geometry* g, const floating
                 plane[offsets[4 * s + i]] += grad * weights[4 * s + i] / count
 
 
+cdef inline void flush(const RotatedRoI* r, const Geometry* g, const floating* image,
+                       floating* acc, floating* grad_image, const floating* grad_bin,
+                       Py_ssize_t c0, Py_ssize_t c1, const Py_ssize_t* offsets,
+                       const floating* weights, Py_ssize_t n) noexcept nogil:
+    """Gather the n taps held into acc (forward, image given) or scatter grad_bin (backward)."""
+    if image != NULL:
+        gather(image, g, c0, c1, offsets, weights, n, acc)
+    else:
+        scatter(grad_image, g, grad_bin, c0, c1, <floating>r.backward_count, offsets, weights, n)
+
+
+cdef inline double run_passes(double first, double end, double* weight) noexcept nogil:
+    """How a run of equal samples [first, end) is taken: walked sample by sample (returns its
+    length, weight 1) or, past LONGEST_UNMERGED_RUN, once with its length as weight."""
+    if end - first > LONGEST_UNMERGED_RUN:
+        weight[0] = end - first
+        return 1.0
+    weight[0] = 1.0
+    return end - first
+
+
 cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph, Py_ssize_t pw,
                           const floating* image, floating* acc, floating* grad_image,
                           const floating* grad_bin, Py_ssize_t c0, Py_ssize_t c1,
                           Py_ssize_t* offsets, floating* weights) noexcept nogil:
     """Visit the inside samples of bin (ph, pw) in detectron2's order, CHUNK at a time:
-    gather them into acc (forward, image given) or scatter grad_bin (backward)."""
-    cdef double iy, ix, row_first, row_end, first, end
-    cdef floating yy, xx
-    cdef Py_ssize_t n = 0
+    gather them into acc (forward, image given) or scatter grad_bin (backward).
+
+    A row (column) of more than LONGEST_UNMERGED_RUN samples goes by runs of one coordinate
+    (see the top of this file); a shorter one sample by sample.
+    """
+    cdef double iy, ix, row_first, row_end, first, end, next_row, next_col
+    cdef double row_pass, col_pass, row_passes, col_passes, row_weight, col_weight
+    cdef floating yy, xx, weight
+    cdef Py_ssize_t n = 0, i
+    cdef bint row_runs = r.n_h > LONGEST_UNMERGED_RUN
+    cdef bint col_runs = r.n_w > LONGEST_UNMERGED_RUN
     if r.n_h > SMALL_AXIS:
-        row_window(r, ph, pw, g, &row_first, &row_end)
+        row_window(r, ph, pw, g, &row_first, &row_end,
+                   image if image != NULL else <const floating*>grad_image)
     else:
         row_first, row_end = 0.0, r.n_h
     iy = row_first
     while iy < row_end:
         yy = sample_coordinate(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h)
+        next_row = iy + 1.0
+        if row_runs:
+            next_row = coordinate_run_end(<floating>r.start_h, <floating>r.bin_h, ph,
+                                          r.grid_h, iy, row_end, yy)
         if r.n_w > SMALL_AXIS:
-            inside_run(r, yy, pw, g, &first, &end)
+            inside_run(r, yy, pw, g, &first, &end)  # the same for every row of the run
         else:
             first, end = 0.0, r.n_w
-        ix = first
-        while ix < end:
-            xx = sample_coordinate(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w)
-            if tap(r, g, yy, xx, &offsets[4 * n], &weights[4 * n]):
-                n += 1
-                if n == CHUNK:
-                    if image != NULL:
-                        gather(image, g, c0, c1, offsets, weights, n, acc)
-                    else:
-                        scatter(grad_image, g, grad_bin, c0, c1, <floating>r.backward_count,
-                                offsets, weights, n)
-                    n = 0
-            ix += 1.0
-        iy += 1.0
+        row_passes = run_passes(iy, next_row, &row_weight)
+        row_pass = 0.0
+        while first < end and row_pass < row_passes:
+            ix = first
+            while ix < end:
+                xx = sample_coordinate(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w)
+                next_col = ix + 1.0
+                if col_runs:
+                    next_col = coordinate_run_end(<floating>r.start_w, <floating>r.bin_w, pw,
+                                                  r.grid_w, ix, end, xx)
+                col_passes = run_passes(ix, next_col, &col_weight)
+                weight = <floating>(row_weight * col_weight)
+                col_pass = 0.0
+                while col_pass < col_passes and tap(r, g, yy, xx, &offsets[4 * n],
+                                                    &weights[4 * n]):
+                    if weight != 1:
+                        for i in range(4 * n, 4 * n + 4):
+                            weights[i] = weights[i] * weight
+                    n += 1
+                    if n == CHUNK:
+                        flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n)
+                        n = 0
+                    col_pass += 1.0
+                ix = next_col
+            row_pass += 1.0
+        iy = next_row
     if n > 0:
-        if image != NULL:
-            gather(image, g, c0, c1, offsets, weights, n, acc)
-        else:
-            scatter(grad_image, g, grad_bin, c0, c1, <floating>r.backward_count, offsets,
-                    weights, n)
+        flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n)
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,

@@ -218,6 +218,20 @@ cdef inline double first_passing(floating start, floating bin_size, Py_ssize_t p
     return lo
 
 
+cdef inline double coordinate_run_end(floating start, floating bin_size, Py_ssize_t p,
+                                      double grid, double i, double end,
+                                      floating y) noexcept nogil:
+    """End of the run of samples from i on (before `end`) whose coordinate is y: the float
+    type, or torchvision's float32 sample index, rounds a huge bin's neighbouring samples to
+    one value. Bisection, so a run costs the same whatever its length."""
+    cdef double following = i + 1.0
+    if following <= i:  # past 2**53, where i + 1 == i: the rest is one run
+        return end
+    if following < end and sample_coordinate(start, bin_size, p, following, grid) == y:
+        return first_passing(start, bin_size, p, grid, following, end, y, bin_size >= 0, True)
+    return following
+
+
 cdef inline bint push_sample(AxisSample** samples, Py_ssize_t* capacity, Py_ssize_t n,
                              floating y, Py_ssize_t size, Py_ssize_t stride,
                              double repeats) noexcept nogil:
@@ -346,11 +360,7 @@ cdef inline bint fill_axis(floating start, floating bin_size, Py_ssize_t n_bins,
             i = run_end
         while i < end:  # not merged: sample by sample, equal coordinates counted
             y = sample_coordinate(start, bin_size, p, i, grid)
-            run_end = i + 1.0
-            if run_end <= i:  # past 2**53: the rest is one run
-                run_end = end
-            elif run_end < end and sample_coordinate(start, bin_size, p, run_end, grid) == y:
-                run_end = first_passing(start, bin_size, p, grid, run_end, end, y, rising, True)
+            run_end = coordinate_run_end(start, bin_size, p, grid, i, end, y)
             if not inside(y, size):
                 i = run_end
                 continue

@@ -2,7 +2,9 @@
 
 Covers both layouts, float16/32/64, avg and max, both forward kernels (per RoI and channel
 blocks), boxes as an array, a per-image list and for one 3-D image, borders, inverted and
-huge boxes, `out=`, odd strides, thread counts 1 and 2, and refused calls. Small on purpose:
+huge boxes, `out=`, odd strides, thread counts 1 and 2, and refused calls; and the other
+operators (position-sensitive, multi-level, rotated, precise), forward and backward, in both
+layouts and float32/64, with as many RoIs per image as select their packed kernels. Small on purpose:
 memcheck runs code about 50 times slower. Prints "valgrind_smoke: all calls done" at the end.
 
     PYTHONMALLOC=malloc valgrind --tool=memcheck python tools/valgrind_smoke.py
@@ -12,7 +14,49 @@ import numpy as np
 
 import roialign_cy
 from roialign_cy import RoIAlign, RoIPool, roi_align, roi_align_backward, roi_pool
-from roialign_cy import roi_pool_backward
+from roialign_cy import (multiscale_roi_align, multiscale_roi_align_backward, prroi_pool,
+                         prroi_pool_backward, ps_roi_align, ps_roi_align_backward, ps_roi_pool,
+                         ps_roi_pool_backward, roi_align_rotated, roi_align_rotated_backward,
+                         roi_pool_backward)
+
+
+def other_operators(rng, boxes):
+    """The operators beyond roi_align and roi_pool, each forward and backward: calls made."""
+    calls = 0
+    many = np.concatenate([boxes] * 8)  # RoIs dominate: packed channel blocks
+    angles = rng.uniform(-180, 180, (len(many), 1))
+    centres = (many[:, 1:3] + many[:, 3:5]) / 2
+    sides = np.clip(many[:, 3:5] - many[:, 1:3], -1e30, 1e30)
+    rotated = np.column_stack([many[:, :1], centres, np.abs(sides), angles])
+    for dtype in (np.float32, np.float64):
+        nchw = rng.standard_normal((2, 8, 6, 7)).astype(dtype)
+        pyramid = [rng.standard_normal((2, 8, 12, 14)).astype(dtype), nchw]
+        for layout in ("NCHW", "NHWC"):
+            def to(x):
+                return x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            x, levels = to(nchw), [to(level) for level in pyramid]
+            shapes = [level.shape for level in levels]
+            for threads in (1, 2):
+                kw = dict(layout=layout, num_threads=threads)
+                for chosen in (boxes, many):
+                    out = ps_roi_align(x, chosen, 2, 0.5, 2, **kw)
+                    ps_roi_align_backward(np.ones_like(out), chosen, x.shape, 2, 0.5, 2, **kw)
+                    out = ps_roi_pool(x, chosen, 2, 0.5, **kw)
+                    ps_roi_pool_backward(np.ones_like(out), chosen, x.shape, 2, 0.5, **kw)
+                    out = multiscale_roi_align(levels, chosen, 2, 2, scales=[0.5, 0.25], **kw)
+                    multiscale_roi_align_backward(np.ones_like(out), chosen, shapes, 2, 2,
+                                                  scales=[0.5, 0.25], **kw)
+                    out = prroi_pool(x, chosen, 2, 0.5, **kw)
+                    prroi_pool_backward(np.ones_like(out), chosen, x.shape, 2, 0.5, input=x,
+                                        box_grad=True, **kw)
+                    calls += 8
+                for chosen in (rotated[:len(boxes)], rotated):
+                    for sampling_ratio in (-1, 2, 40):
+                        out = roi_align_rotated(x, chosen, 2, 0.5, sampling_ratio, **kw)
+                        roi_align_rotated_backward(np.ones_like(out), chosen, x.shape, 2, 0.5,
+                                                   sampling_ratio, **kw)
+                        calls += 2
+    return calls
 
 
 def main():
@@ -73,6 +117,7 @@ def main():
     pool = RoIPool(3, 0.25)
     pool.backward(np.ones_like(pool(x, boxes)), boxes, x)
     calls += 4
+    calls += other_operators(rng, boxes)
     # refused calls: nothing may be touched
     for bad in ([[0, np.nan, 0, 1, 1]], [[2, 0, 0, 1, 1]], [[0.5, 0, 0, 1, 1]]):
         try:
