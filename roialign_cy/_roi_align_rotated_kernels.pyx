@@ -348,6 +348,17 @@ cdef inline void flush(const RotatedRoI* r, const Geometry* g, const floating* i
         scatter(grad_image, g, grad_bin, c0, c1, <floating>r.backward_count, offsets, weights, n)
 
 
+cdef inline double sample_run(floating start, floating bin_size, Py_ssize_t p, double i,
+                              double grid, double end, bint runs,
+                              floating* coordinate) noexcept nogil:
+    """The coordinate of sample i along one axis (into coordinate), and the end of the run
+    of samples that share it: i + 1, unless `runs` (an axis too long to walk)."""
+    coordinate[0] = sample_coordinate(start, bin_size, p, i, grid)
+    if runs:
+        return coordinate_run_end(start, bin_size, p, grid, i, end, coordinate[0])
+    return i + 1.0
+
+
 cdef inline double run_passes(double first, double end, double* weight) noexcept nogil:
     """How a run of equal samples [first, end) is taken: walked sample by sample (returns its
     length, weight 1) or, past LONGEST_UNMERGED_RUN, once with its length as weight."""
@@ -381,11 +392,8 @@ cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph,
         row_first, row_end = 0.0, r.n_h
     iy = row_first
     while iy < row_end:
-        yy = sample_coordinate(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h)
-        next_row = iy + 1.0
-        if row_runs:
-            next_row = coordinate_run_end(<floating>r.start_h, <floating>r.bin_h, ph,
-                                          r.grid_h, iy, row_end, yy)
+        next_row = sample_run(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h, row_end,
+                              row_runs, &yy)
         if r.n_w > SMALL_AXIS:
             inside_run(r, yy, pw, g, &first, &end)  # the same for every row of the run
         else:
@@ -395,11 +403,8 @@ cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph,
         while first < end and row_pass < row_passes:
             ix = first
             while ix < end:
-                xx = sample_coordinate(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w)
-                next_col = ix + 1.0
-                if col_runs:
-                    next_col = coordinate_run_end(<floating>r.start_w, <floating>r.bin_w, pw,
-                                                  r.grid_w, ix, end, xx)
+                next_col = sample_run(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w,
+                                      end, col_runs, &xx)
                 col_passes = run_passes(ix, next_col, &col_weight)
                 weight = <floating>(row_weight * col_weight)
                 col_pass = 0.0
