@@ -348,6 +348,26 @@ cdef inline void flush(const RotatedRoI* r, const Geometry* g, const floating* i
         scatter(grad_image, g, grad_bin, c0, c1, <floating>r.backward_count, offsets, weights, n)
 
 
+cdef inline bint add_sample(const RotatedRoI* r, const Geometry* g, floating yy, floating xx,
+                            floating weight, const floating* image, floating* acc,
+                            floating* grad_image, const floating* grad_bin, Py_ssize_t c0,
+                            Py_ssize_t c1, Py_ssize_t* offsets, floating* weights,
+                            Py_ssize_t* n) noexcept nogil:
+    """Hold the taps of the sample at (yy, xx), scaled by weight, as the n-th of the chunk,
+    flushing a full chunk; False when the sample lies outside the map."""
+    cdef Py_ssize_t i
+    if not tap(r, g, yy, xx, &offsets[4 * n[0]], &weights[4 * n[0]]):
+        return False
+    if weight != 1:
+        for i in range(4 * n[0], 4 * n[0] + 4):
+            weights[i] = weights[i] * weight
+    n[0] += 1
+    if n[0] == CHUNK:
+        flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n[0])
+        n[0] = 0
+    return True
+
+
 cdef inline double sample_run(floating start, floating bin_size, Py_ssize_t p, double i,
                               double grid, double end, bint runs,
                               floating* coordinate) noexcept nogil:
@@ -382,7 +402,7 @@ cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph,
     cdef double iy, ix, row_first, row_end, first, end, next_row, next_col
     cdef double row_pass, col_pass, row_passes, col_passes, row_weight, col_weight
     cdef floating yy, xx, weight
-    cdef Py_ssize_t n = 0, i
+    cdef Py_ssize_t n = 0
     cdef bint row_runs = r.n_h > LONGEST_UNMERGED_RUN
     cdef bint col_runs = r.n_w > LONGEST_UNMERGED_RUN
     if r.n_h > SMALL_AXIS:
@@ -391,36 +411,47 @@ cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph,
     else:
         row_first, row_end = 0.0, r.n_h
     iy = row_first
-    while iy < row_end:
-        next_row = sample_run(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h, row_end,
-                              row_runs, &yy)
-        if r.n_w > SMALL_AXIS:
-            inside_run(r, yy, pw, g, &first, &end)  # the same for every row of the run
-        else:
-            first, end = 0.0, r.n_w
-        row_passes = run_passes(iy, next_row, &row_weight)
-        row_pass = 0.0
-        while first < end and row_pass < row_passes:
+    if not (row_runs or col_runs):  # every box of ordinary size: the plain walk
+        while iy < row_end:
+            yy = sample_coordinate(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h)
+            if r.n_w > SMALL_AXIS:
+                inside_run(r, yy, pw, g, &first, &end)
+            else:
+                first, end = 0.0, r.n_w
             ix = first
             while ix < end:
-                next_col = sample_run(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w,
-                                      end, col_runs, &xx)
-                col_passes = run_passes(ix, next_col, &col_weight)
-                weight = <floating>(row_weight * col_weight)
-                col_pass = 0.0
-                while col_pass < col_passes and tap(r, g, yy, xx, &offsets[4 * n],
-                                                    &weights[4 * n]):
-                    if weight != 1:
-                        for i in range(4 * n, 4 * n + 4):
-                            weights[i] = weights[i] * weight
-                    n += 1
-                    if n == CHUNK:
-                        flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n)
-                        n = 0
-                    col_pass += 1.0
-                ix = next_col
-            row_pass += 1.0
-        iy = next_row
+                xx = sample_coordinate(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w)
+                add_sample(r, g, yy, xx, 1, image, acc, grad_image, grad_bin, c0, c1, offsets,
+                           weights, &n)
+                ix += 1.0
+            iy += 1.0
+    else:  # a long axis: by runs of one coordinate
+        while iy < row_end:
+            next_row = sample_run(<floating>r.start_h, <floating>r.bin_h, ph, iy, r.grid_h,
+                                  row_end, row_runs, &yy)
+            row_passes, row_weight = 1.0, 1.0
+            if row_runs:
+                row_passes = run_passes(iy, next_row, &row_weight)
+            if r.n_w > SMALL_AXIS:
+                inside_run(r, yy, pw, g, &first, &end)  # the same for every row of the run
+            else:
+                first, end = 0.0, r.n_w
+            row_pass = 0.0
+            while first < end and row_pass < row_passes:
+                ix = first
+                while ix < end:
+                    next_col = sample_run(<floating>r.start_w, <floating>r.bin_w, pw, ix, r.grid_w,
+                                          end, col_runs, &xx)
+                    col_passes = run_passes(ix, next_col, &col_weight)
+                    weight = <floating>(row_weight * col_weight)
+                    col_pass = 0.0
+                    while col_pass < col_passes and add_sample(r, g, yy, xx, weight, image, acc,
+                                                               grad_image, grad_bin, c0, c1,
+                                                               offsets, weights, &n):
+                        col_pass += 1.0
+                    ix = next_col
+                row_pass += 1.0
+            iy = next_row
     if n > 0:
         flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n)
 
