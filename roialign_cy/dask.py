@@ -26,7 +26,7 @@ import functools
 import math
 import warnings
 from typing import (Any, Callable, Dict, List, NamedTuple, Optional, Sequence, SupportsIndex,
-                    Tuple)
+                    Tuple, cast)
 
 import numpy as np
 import numpy.typing as npt
@@ -281,8 +281,9 @@ def _build(label: str, pool: Pool, levels: List[da.Array], boxes: Any, layout: L
     graph = _task_graph(name, pool, levels, split.tasks, layout)
     rows = tuple(len(task.rows) for task in split.tasks)
     chunks = _pooled_shape(layout, rows, channel_chunks, ((pooled[0],), (pooled[1],)))
-    result = da.Array(HighLevelGraph.from_collections(name, graph, dependencies=levels), name,
-                      chunks, dtype=probe.dtype, meta=probe[:0])
+    # (cast: for mypy, dask's Array does not satisfy dask's own DaskCollection protocol)
+    layer = HighLevelGraph.from_collections(name, graph, dependencies=cast(List[Any], levels))
+    result = da.Array(layer, name, chunks, dtype=probe.dtype, meta=probe[:0])
     return result if split.inverse is None else result[split.inverse]
 
 
