@@ -103,7 +103,8 @@ def roi_align(features: da.Array, boxes: npt.ArrayLike, output_size: OutputSize,
         As in :func:`roialign_cy.roi_align`.
     num_threads : int, optional, keyword-only, default 1
         OpenMP threads of each task's call (Dask already runs tasks in parallel); None
-        uses OpenMP's default in each worker.
+        uses OpenMP's default in each worker (distributed's nanny sets
+        ``OMP_NUM_THREADS=1`` in the worker processes it starts).
 
     Returns
     -------
@@ -267,15 +268,13 @@ def _build(label: str, pool: Pool, levels: List[da.Array], boxes: Any, layout: L
     axes = _AXES[layout]
     compute = _args.compute_dtype(first.dtype, "features")
     batch_index, coords = _args.check_boxes(boxes, first.shape[0], False, compute)
-    pooled = (probe.shape[1], probe.shape[2]) if layout == "NHWC" else probe.shape[2:]
+    ph, pw = probe.shape[1:3] if layout == "NHWC" else probe.shape[2:4]
+    pooled = (ph, pw)
     channel_chunks = first.chunks[axes.channels]
     row_bytes = max(channel_chunks, default=0) * pooled[0] * pooled[1] * probe.itemsize
     split = _split_boxes(batch_index, coords, first.chunks[0], _rows_per_task(row_bytes))
     if not split.tasks:  # no boxes at all
-        shape = _pooled_shape(layout, 0, first.shape[axes.channels], pooled)
-        return da.zeros(shape, dtype=probe.dtype,
-                        chunks=_pooled_shape(layout, (0,), channel_chunks,
-                                             ((pooled[0],), (pooled[1],))))
+        return _no_rows(first, layout, pooled, probe.dtype)
     name = f"{label}-" + tokenize(label, pool, [level.name for level in levels],
                                   batch_index, coords)
     graph = _task_graph(name, pool, levels, split.tasks, layout)
@@ -285,6 +284,17 @@ def _build(label: str, pool: Pool, levels: List[da.Array], boxes: Any, layout: L
     layer = HighLevelGraph.from_collections(name, graph, dependencies=cast(List[Any], levels))
     result = da.Array(layer, name, chunks, dtype=probe.dtype, meta=probe[:0])
     return result if split.inverse is None else result[split.inverse]
+
+
+def _no_rows(features: da.Array, layout: Layout, pooled: Tuple[int, int],
+             dtype: np.dtype[Any]) -> da.Array:
+    """The result of a call without boxes: (0, C, PH, PW) (NHWC: (0, PH, PW, C)), its
+    channels chunked as the features'."""
+    channels = _AXES[layout].channels
+    shape = _pooled_shape(layout, 0, features.shape[channels], pooled)
+    chunks = _pooled_shape(layout, (0,), features.chunks[channels],
+                           ((pooled[0],), (pooled[1],)))
+    return da.zeros(shape, dtype=dtype, chunks=chunks)
 
 
 def _task_graph(name: str, pool: Pool, levels: List[da.Array], tasks: List[_Task],
