@@ -282,6 +282,36 @@ def test_revealed_types(workdir):
                 " | " in found or found.startswith("Union[")), found
 
 
+DASK_SCRIPT = '''
+"""README.md's Dask section, with the types a user would write down."""
+import dask.array as da
+import numpy as np
+
+from roialign_cy import dask as roi_dask
+
+features = da.zeros((2, 8, 20, 30), dtype=np.float32, chunks=(1, 8, 20, 30))
+boxes = np.array([[1, 1.0, 2.0, 10.0, 12.0], [0, 3.0, 4.0, 50.0, 60.0]])
+pooled: da.Array = roi_dask.roi_align(features, boxes, 7, 1 / 4, 2, True, layout="NCHW",
+                                      mode="max", num_threads=None)
+maxed: da.Array = roi_dask.roi_pool(features, [boxes[1:, 1:], boxes[:1, 1:]], (7, 7), 0.25)
+fpn: da.Array = roi_dask.multiscale_roi_align([features, features[:, :, ::2, ::2]], boxes, 7,
+                                              image_sizes=[(80, 120)] * 2, level_rule="mmdet")
+assert pooled.shape == maxed.shape == fpn.shape == (2, 8, 7, 7)
+'''
+
+
+def test_dask_calls_pass_mypy_strict_and_run(workdir):
+    pytest.importorskip("dask.array", reason="dask is not installed (the dask extra)")
+    result, output = mypy(workdir, "dask_script.py", DASK_SCRIPT)
+    assert result.returncode == 0, output
+    ran = run_python(workdir, "dask_script.py")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+
+# The package's optional modules and the dependency each imports (its extra's).
+OPTIONAL_MODULES = {"roialign_cy.plot": "matplotlib", "roialign_cy.dask": "dask"}
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason=(
     "before Python 3.11 typing.Any, NamedTuple and TypedDict are not classes at run time, and "
     "the mypy that runs there (1.x) reports every module importing them as a stub mismatch"))
@@ -289,15 +319,20 @@ def test_stubtest_passes_on_the_whole_package(workdir):
     """Every module, compiled (.pyi stubs, the AVX2 twins' generated ones included) and
     Python (inline annotations), without an allowlist.
 
-    Except where matplotlib, roialign_cy.plot's optional dependency, is not installed: that
-    module then cannot be imported (by design: it says which extra to install) and mypy
-    cannot see matplotlib's types, so those two are let pass, and nothing else.
+    Except where an optional module's dependency is not installed (matplotlib for
+    roialign_cy.plot, dask for roialign_cy.dask): that module then cannot be imported (by
+    design: it says which extra to install) and mypy cannot see its dependency's types, so
+    those two are let pass, and nothing else.
     """
+    missing = {module: dependency for module, dependency in OPTIONAL_MODULES.items()
+               if importlib.util.find_spec(dependency) is None}
     options = []
-    if importlib.util.find_spec("matplotlib") is None:
-        (workdir / "no_matplotlib.ini").write_text(
-            "[mypy]\n[mypy-matplotlib,matplotlib.*]\nignore_missing_imports = True\n")
-        (workdir / "no_matplotlib.txt").write_text("roialign_cy.plot\n")
-        options = ["--mypy-config-file", "no_matplotlib.ini", "--allowlist", "no_matplotlib.txt"]
+    if missing:
+        sections = "".join(f"[mypy-{name},{name}.*]\nignore_missing_imports = True\n"
+                           for name in missing.values())
+        (workdir / "missing_extras.ini").write_text("[mypy]\n" + sections)
+        (workdir / "missing_extras.txt").write_text("".join(f"{m}\n" for m in missing))
+        options = ["--mypy-config-file", "missing_extras.ini",
+                   "--allowlist", "missing_extras.txt"]
     result = run_python(workdir, "-m", "mypy.stubtest", "roialign_cy", *options)
     assert result.returncode == 0, result.stdout + result.stderr
