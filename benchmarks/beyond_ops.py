@@ -11,7 +11,6 @@ Random angles and the backward are timed too. Times are medians (timing.py); no 
 """
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -21,7 +20,6 @@ import report
 import timing
 import workloads
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Beyond torchvision: rotated RoIAlign and PrRoIPool (benchmarks/beyond_ops.py)"
 
 
@@ -108,10 +106,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="K / 10, few repeats: a smoke test")
     parser.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
     args = parser.parse_args(argv)
-    text = render(run(args.quick), environment.describe())
-    print(text)
-    if not args.no_write and not args.quick:
-        report.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, text)
+    report.publish(render(run(args.quick), environment.describe()), SECTION,
+                   write=not args.no_write and not args.quick)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import numpy as np
 import environment
 import report
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Dask: roi_align from a zarr store (benchmarks/dask_roi_align.py)"
 CHANNELS, HEIGHT, WIDTH = 256, 100, 152
 IMAGE_SIZE = (800, 1216)  # (height, width) in input pixels: stride 8
@@ -164,26 +163,6 @@ def versions():
             "zarr": zarr.__version__}
 
 
-def environment_rows(env):
-    """The machine and versions, as report.environment_table shows them for the other
-    benchmarks, with the Dask stack's versions instead of the peers'."""
-    openmp = "on" if env["openmp"] else "off (serial build)"
-    rows = [
-        ("machine", env["machine"]),
-        ("CPU", env["cpu"]),
-        ("cores", f"{env['cpu_count']} (usable by this process: {env['usable_cores']})"),
-        ("OS", env["os"]),
-        ("load average (1 min) at start / end", f"{env['load_start']} / {env['load_end']}"),
-        ("Python", env["python"]),
-        ("NumPy", env["numpy"]),
-        ("roialign_cy", f"{env['roialign_cy']}, OpenMP {openmp}, kernels: {env['simd']} build"),
-        ("dask / distributed / zarr", f"{env['dask']} / {env['distributed']} / {env['zarr']}"),
-        ("date", env["date"]),
-        ("command", f"`{env['command']}` ({env['wall_s']:.0f} s wall)"),
-    ]
-    return ["| | |", "|---|---|"] + [f"| {key} | {value} |" for key, value in rows]
-
-
 def results_rows(times, n_images, n_boxes):
     """One row per run: seconds (median, best), images/s and boxes/s (of the median), and
     the speedup over the 1-thread loop."""
@@ -218,7 +197,9 @@ def render(env, sizes, store_bytes, times):
         "the loop's.",
         "",
     ]
-    lines += environment_rows(env) + [""]
+    software = [("dask / distributed / zarr",
+                 f"{env['dask']} / {env['distributed']} / {env['zarr']}")]
+    lines += [report.environment_table(env, software), ""]
     lines += report.busy_note(env)
     lines += results_rows(times, n_images, n_boxes)
     return "\n".join(lines).rstrip() + "\n"
@@ -244,13 +225,9 @@ def main(argv=None):
         times.update(run_clusters(path, boxes, sizes["repeats"], expected, args.quick))
     env["load_end"] = environment.load_average()
     env["wall_s"] = time.perf_counter() - started
-    env["command"] = "python benchmarks/dask_roi_align.py" + "".join(
-        f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    text = render(env, sizes, store_bytes, times)
-    print(text)
-    if not args.no_write and not args.quick:
-        report.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, text)
-        progress(f"wrote the section to {os.path.join(HERE, 'RESULTS.md')}")
+    env["command"] = report.command_line("dask_roi_align.py", argv)
+    report.publish(render(env, sizes, store_bytes, times), SECTION,
+                   write=not args.no_write and not args.quick)
     return 0
 
 

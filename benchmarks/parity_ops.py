@@ -16,7 +16,6 @@ times. Times are medians (timing.py); ratios are torchvision's time over ours. N
 """
 
 import argparse
-import os
 import sys
 
 import numpy as np
@@ -26,7 +25,6 @@ import report
 import timing
 import workloads
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Torchvision-parity operators (benchmarks/parity_ops.py)"
 
 
@@ -195,10 +193,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="K / 10, few repeats: a smoke test")
     parser.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
     args = parser.parse_args(argv)
-    text = render(run(args.quick), environment.describe())
-    print(text)
-    if not args.no_write and not args.quick:
-        report.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, text)
+    report.publish(render(run(args.quick), environment.describe()), SECTION,
+                   write=not args.no_write and not args.quick)
 
 
 if __name__ == "__main__":

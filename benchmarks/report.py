@@ -2,6 +2,7 @@
 
 import math
 import os
+import sys
 
 from records import LAYOUTS
 
@@ -200,8 +201,10 @@ def errors_list(cases):
     return lines
 
 
-def environment_table(env):
-    """The machine and versions as a two-column table."""
+def environment_table(env, software=None):
+    """The machine and versions as a two-column table. `software` (label, value) rows take
+    the place of the peers' versions and the thread counts, for a benchmark with other
+    company (the Dask one)."""
     def version(name):
         """The version of `name`, or "not installed"."""
         return env.get(name) or "not installed"
@@ -218,13 +221,20 @@ def environment_table(env):
         ("roialign_cy", f"{env['roialign_cy']}, OpenMP {openmp}, "
                         f"omp_get_max_threads() = {env['omp_max_threads']}, "
                         f"kernels: {env.get('simd', '?')} build"),
-        ("torch / torchvision", f"{version('torch')} / {version('torchvision')}"),
-        ("onnxruntime / onnx", f"{version('onnxruntime')} / {version('onnx')}"),
-        ("matplotlib", version("matplotlib")),
-        ("thread counts", ", ".join(str(t) for t in env["thread_counts"])
-         + (f" (`--threads {env['threads_asked']}`)" if env.get("threads_asked")
-            else " (1 and the usable cores)")
-         + (f"; {env['threads_skipped_note']}" if env.get("threads_skipped_note") else "")),
+    ]
+    if software is None:
+        rows += [
+            ("torch / torchvision", f"{version('torch')} / {version('torchvision')}"),
+            ("onnxruntime / onnx", f"{version('onnxruntime')} / {version('onnx')}"),
+            ("matplotlib", version("matplotlib")),
+            ("thread counts", ", ".join(str(t) for t in env["thread_counts"])
+             + (f" (`--threads {env['threads_asked']}`)" if env.get("threads_asked")
+                else " (1 and the usable cores)")
+             + (f"; {env['threads_skipped_note']}" if env.get("threads_skipped_note") else "")),
+        ]
+    else:
+        rows += list(software)
+    rows += [
         ("date", env["date"]),
         ("command", f"`{env['command']}` ({env['wall_s']:.0f} s wall)"),
     ]
@@ -410,12 +420,43 @@ def chart(cases, thread_counts, path):
 
 def replace_section(path, heading, text):
     """Put `text` (which starts with the line `heading`) in place of that section of the
-    Markdown file at `path`, or append it: how the other benchmark scripts keep their part
-    of RESULTS.md current."""
+    Markdown file at `path`, where it stands, or append it: how the other benchmark scripts
+    keep their part of RESULTS.md current."""
     old = open(path).read() if os.path.exists(path) else ""
+    text = text.rstrip("\n") + "\n"
     if heading in old:
         start = old.index(heading)
         end = old.find("\n## ", start + len(heading))
-        old = old[:start] + (old[end + 1:] if end >= 0 else "")
+        new = old[:start] + text + ("\n" + old[end + 1:] if end >= 0 else "")
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
     with open(path, "w") as f:
-        f.write(old.rstrip("\n") + "\n\n" + text)
+        f.write(new)
+
+
+def keep_other_sections(old, new):
+    """`new` (run.py's whole report) followed by the sections of `old` that `new` does not
+    hold: the other scripts' sections and the written analyses survive a full run."""
+    ours = {line for line in new.splitlines() if line.startswith("## ")}
+    kept, keeping = [], False
+    for line in old.splitlines():
+        if line.startswith("## "):
+            keeping = line not in ours
+        if keeping:
+            kept.append(line)
+    return new.rstrip("\n") + "\n" + ("\n" + "\n".join(kept).rstrip("\n") + "\n" if kept else "")
+
+
+def command_line(script, argv):
+    """How the run was started, for the environment table."""
+    args = sys.argv[1:] if argv is None else argv
+    return f"python benchmarks/{script}" + "".join(f" {a}" for a in args)
+
+
+def publish(text, heading, write):
+    """Print a benchmark's section and, when `write`, put it in RESULTS.md."""
+    print(text)
+    if write:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+        replace_section(path, heading, text)
+        print(f"wrote the section to {path}", file=sys.stderr, flush=True)

@@ -606,13 +606,9 @@ def main(argv=None):
     results = time_workloads(WORKLOADS, thread_counts, args.quick, machine, caches)
     env["load_end"] = environment.load_average()
     env["wall_s"] = time.perf_counter() - started
-    env["command"] = "python benchmarks/roofline.py" + "".join(
-        f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    text = render(env, machine, caches, cache_source, compile_command, results, args.quick)
-    print(text)
-    if not args.no_write and not args.quick:
-        report.replace_section(os.path.join(HERE, "RESULTS.md"), SECTION, text)
-        progress(f"wrote the section to {os.path.join(HERE, 'RESULTS.md')}")
+    env["command"] = report.command_line("roofline.py", argv)
+    report.publish(render(env, machine, caches, cache_source, compile_command, results,
+                          args.quick), SECTION, write=not args.no_write and not args.quick)
     return 0
 
 

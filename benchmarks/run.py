@@ -290,7 +290,7 @@ def main(argv=None):
 
     env["load_end"] = environment.load_average()
     env["wall_s"] = time.perf_counter() - started
-    env["command"] = "python benchmarks/run.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+    env["command"] = report.command_line("run.py", argv)
     options = {"quick": args.quick, "quick_divisor": workloads.QUICK_DIVISOR,
                "filtered": bool(args.workloads), "memory_note": memory_note}
     chart_path = os.path.join(args.output_dir, "speedup.png")
@@ -299,8 +299,10 @@ def main(argv=None):
     markdown = report.render(env, built, cases, memory, options)
     print(markdown)
     if not args.no_write:
-        with open(os.path.join(args.output_dir, "RESULTS.md"), "w", encoding="utf-8") as f:
-            f.write(markdown)
+        path = os.path.join(args.output_dir, "RESULTS.md")
+        previous = open(path, encoding="utf-8").read() if os.path.exists(path) else ""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(report.keep_other_sections(previous, markdown))
         progress(f"wrote {os.path.join(args.output_dir, 'RESULTS.md')}"
                  + (f" and {chart_path}" if "chart" in options else " (no chart: matplotlib or torchvision missing)"))
     progress(f"total {time.perf_counter() - started:.1f} s")
