@@ -14,6 +14,13 @@ Metadata lives in pyproject.toml; this file only builds the extension:
 - lists the compiled modules in one place: every operator's ``roialign_cy/_<op>_kernels.pyx``
   (found by name, so a new operator needs no edit here) plus the shared ``_boxes``,
   ``_runtime`` and ``_sampling_grid`` (roialign_cy.plot's geometry);
+- compiles the Python modules every call runs through (``_args``, ``_plan``, ``_levels`` and
+  each operator's wrapper ``roialign_cy/_<op>.py``) with Cython too, from the same source:
+  the checks and the plan of a small call cost about 20% fewer instructions compiled
+  (benchmarks/RESULTS.md, "The per-call overhead"). They stay plain Python modules in every
+  other way (Python's semantics: bounds-checked indexing, no typed annotations), and
+  ``ROIALIGN_CY_PURE_PYTHON=1`` leaves them uncompiled, for a debugger that steps through
+  them. After editing one, rebuild: the compiled module is what Python imports;
 - on x86-64, also builds each kernel module a second time for AVX2 (``_<op>_kernels_avx2``,
   generated here, never committed; chosen at import on CPUs that have it, see
   roialign_cy/_dispatch.py) when the compiler accepts ``-mavx2``. ``ROIALIGN_CY_NO_AVX2=1``
@@ -40,6 +47,7 @@ from setuptools.errors import PlatformError
 DEBUG = os.environ.get("ROIALIGN_CY_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("ROIALIGN_CY_NO_OPENMP", "") not in ("", "0")
 NO_AVX2 = os.environ.get("ROIALIGN_CY_NO_AVX2", "") not in ("", "0")
+PURE_PYTHON = os.environ.get("ROIALIGN_CY_PURE_PYTHON", "") not in ("", "0")
 # The second build's flags: 256-bit vectors, but no FMA, and no contraction into one either:
 # torchvision rounds every product and every sum, and so must we, bit for bit.
 AVX2_FLAGS = ["-mavx2", "-mno-fma", "-ffp-contract=off"]
@@ -49,6 +57,11 @@ KERNEL_SOURCES = sorted(glob.glob(os.path.join("roialign_cy", "_*_kernels.pyx"))
 SHARED_SOURCES = [os.path.join("roialign_cy", "_boxes.pyx"),
                   os.path.join("roialign_cy", "_runtime.pyx"),
                   os.path.join("roialign_cy", "_sampling_grid.pyx")]
+# The Python modules on every call's path, compiled from their .py (see the docstring).
+CALL_PATH_SOURCES = [os.path.join("roialign_cy", name) for name in ("_args.py", "_plan.py",
+                                                                     "_levels.py")] + [
+    source.replace("_kernels.pyx", ".py") for source in KERNEL_SOURCES
+    if os.path.exists(source.replace("_kernels.pyx", ".py"))]
 AVX2_SUFFIX = "_avx2"
 
 C_PROBE = "int main(void) { return 0; }\n"
@@ -177,6 +190,14 @@ DIRECTIVES = {
     "embedsignature": True,
     "autotestdict": False,  # no __test__ dict: the stubs list every public name
 }
+# The compiled .py modules keep Python's semantics: the defaults (bounds-checked, wrapping
+# indices, Python division), annotations read as hints only, functions that inspect sees.
+CALL_PATH_DIRECTIVES = {
+    "language_level": 3,
+    "annotation_typing": False,
+    "binding": True,
+    "autotestdict": False,
+}
 
 
 class BuildWithOpenMP(build_ext):
@@ -230,8 +251,11 @@ class BuildWithOpenMP(build_ext):
         from Cython.Build import cythonize  # a build requirement, needed from here on only
 
         # cythonize returns new Extension objects; build_ext keeps state on its own.
-        generated = cythonize(self.extensions, compiler_directives=DIRECTIVES,
-                              include_path=[HERE])
+        call_path = [ext for ext in self.extensions if ext.sources[0].endswith(".py")]
+        kernels = [ext for ext in self.extensions if ext not in call_path]
+        generated = cythonize(kernels, compiler_directives=DIRECTIVES, include_path=[HERE])
+        if call_path:
+            generated += cythonize(call_path, compiler_directives=CALL_PATH_DIRECTIVES)
         sources = {ext.name: ext.sources for ext in generated}
         for ext in self.extensions:
             ext.sources = sources[ext.name]
@@ -266,10 +290,13 @@ def extension(name, source):
 
 
 def extensions():
-    """The baseline modules, then the AVX2 twins of the kernel modules."""
+    """The baseline modules, the AVX2 twins of the kernel modules, then the compiled call
+    path (unless ROIALIGN_CY_PURE_PYTHON)."""
     modules = [extension(module_name(src), src) for src in KERNEL_SOURCES + SHARED_SOURCES]
     twins = [extension(module_name(src) + AVX2_SUFFIX, avx2_twin(src)) for src in KERNEL_SOURCES]
-    return modules + twins
+    call_path = [] if PURE_PYTHON else [Extension(module_name(src), [src])
+                                        for src in CALL_PATH_SOURCES]
+    return modules + twins + call_path
 
 
 if __name__ == "__main__":

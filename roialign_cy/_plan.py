@@ -201,6 +201,7 @@ def run(table: _dispatch.KernelTable, direction: str, build: Optional[str], call
                      *operator_arguments, plan.packed, plan.block, 0, n_threads)
         next_item = kernel(*arguments)
         while next_item > 0:  # a long call, in time slices: Ctrl-C is seen between them
+            _runtime.check_signals()
             next_item = kernel(*arguments[:-2], next_item, n_threads)
     finally:
         if plan.shared:
