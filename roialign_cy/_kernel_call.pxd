@@ -56,21 +56,31 @@ cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
     return &array[0] if array is not None and array.shape[0] > 0 else NULL
 
 
+cdef inline KernelCall kernel_call_at(Geometry g, const void* values, void* result,
+                                      const void* features, const void* boxes,
+                                      const Py_ssize_t* batch_index, const Py_ssize_t* roi_order,
+                                      const Py_ssize_t* image_first, double spatial_scale,
+                                      Py_ssize_t block) noexcept nogil:
+    """A KernelCall without max_mode or arg-max indices (the operators set theirs), from
+    pointers (NULL: no such array)."""
+    cdef KernelCall call
+    call.g = g
+    call.values, call.result, call.features, call.boxes = values, result, features, boxes
+    call.batch_index, call.roi_order, call.image_first = batch_index, roi_order, image_first
+    call.argmax = NULL
+    call.spatial_scale, call.max_mode, call.block = spatial_scale, False, block
+    return call
+
+
 cdef inline KernelCall kernel_call(Geometry g, const void* values, void* result,
                                    const void* features, const void* boxes,
                                    const Py_ssize_t[::1] batch_index,
                                    const Py_ssize_t[::1] roi_order,
                                    const Py_ssize_t[::1] image_first, double spatial_scale,
                                    Py_ssize_t block) noexcept:
-    """A KernelCall without max_mode or arg-max indices (the operators set theirs)."""
-    cdef KernelCall call
-    call.g = g
-    call.values, call.result, call.features, call.boxes = values, result, features, boxes
-    call.batch_index, call.roi_order = indices(batch_index), indices(roi_order)
-    call.image_first = indices(image_first)
-    call.argmax = NULL
-    call.spatial_scale, call.max_mode, call.block = spatial_scale, False, block
-    return call
+    """kernel_call_at with the index arrays as typed memoryviews."""
+    return kernel_call_at(g, values, result, features, boxes, indices(batch_index),
+                          indices(roi_order), indices(image_first), spatial_scale, block)
 
 
 cdef inline Py_ssize_t n_block_items(const Geometry* g, Py_ssize_t block) noexcept nogil:

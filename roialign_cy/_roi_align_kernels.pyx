@@ -13,10 +13,11 @@ from roialign_cy._channel_blocks cimport (
     unpack_block,
     unpack_roi,
 )
+from roialign_cy._buffers cimport HeldBuffers, check_length, hold, release
 from roialign_cy._kernel_call cimport (
     Geometry,
     KernelCall,
-    kernel_call,
+    kernel_call_at,
     make_geometry,
     n_block_items,
 )
@@ -115,15 +116,15 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     return True
 
 
-cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
-              const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
-              const Py_ssize_t[::1] image_first, double spatial_scale, bint max_mode,
-              const floating* features, floating* result, Geometry g,
-              bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-              int n_threads):
+cdef Py_ssize_t run(const floating* values, const floating* boxes, Py_ssize_t n_rois,
+                    const Py_ssize_t* batch_index, const Py_ssize_t* roi_order,
+                    const Py_ssize_t* image_first, double spatial_scale, bint max_mode,
+                    const floating* features, floating* result, Geometry g,
+                    bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
+                    int n_threads) noexcept:
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
-    cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
-                                       batch_index, roi_order, image_first, spatial_scale, block)
+    cdef KernelCall call = kernel_call_at(g, values, result, features, boxes, batch_index,
+                                          roi_order, image_first, spatial_scale, block)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t n_items = n_block_items(&g, block)
@@ -136,8 +137,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
         spec = scratch_spec(g.pooled_h, g.pooled_w, 0, 0)
     with nogil:
         if not backward and not packed:
-            done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0],
-                             &spec, n_threads)
+            done = run_items(forward_roi[floating], &call, first_item, n_rois, &spec, n_threads)
         elif not backward:
             done = run_items(forward_block[floating], &call, first_item, n_items,
                              &spec, n_threads)
@@ -150,46 +150,109 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     return done
 
 
-def forward(const floating[:, :, :, ::1] features, bint channels_last,
-            const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
-            const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+cdef Py_ssize_t enter(object values, bint channels_last, object boxes, object batch_index,
+                      object roi_order, object image_first, double spatial_scale,
+                      Py_ssize_t pooled_height, Py_ssize_t pooled_width,
+                      Py_ssize_t sampling_ratio, bint aligned, bint max_mode, object features,
+                      floating[:, :, :, ::1] result, bint backward, bint packed,
+                      Py_ssize_t block, Py_ssize_t first_item, int n_threads) except -2:
+    """Hold the call's arrays as raw buffers (_buffers), check that they agree with the
+    result's shape, and run. `result`, the one typed memoryview, picks the float type."""
+    cdef HeldBuffers held
+    cdef const char* real = b"f" if floating is float else b"d"
+    cdef Py_buffer* view
+    cdef const Py_ssize_t* map_shape = &result.shape[0]  # backward: the features' shape
+    cdef const Py_ssize_t* pooled_shape  # (K, C, PH, PW) or (K, PH, PW, C)
+    cdef Py_ssize_t expected[4]
+    cdef Py_ssize_t n_rois, n_images, i
+    cdef const floating* values_at
+    cdef const floating* boxes_at
+    cdef const floating* features_at = NULL
+    cdef const Py_ssize_t* batch_index_at
+    cdef const Py_ssize_t* roi_order_at = NULL
+    cdef const Py_ssize_t* image_first_at = NULL
+    cdef Geometry g
+    held.n = 0
+    try:
+        view = hold(&held, values, 4, sizeof(floating), real, False)
+        values_at = <const floating*>view.buf
+        pooled_shape = &result.shape[0]
+        if backward:
+            pooled_shape = view.shape
+        else:
+            map_shape = view.shape
+        n_rois = view.shape[0] if backward else result.shape[0]
+        n_images = map_shape[0]
+        view = hold(&held, boxes, 2, sizeof(floating), real, False)
+        check_length(view, 0, n_rois, "boxes")
+        check_length(view, 1, 4, "boxes")
+        boxes_at = <const floating*>view.buf
+        view = hold(&held, batch_index, 1, sizeof(Py_ssize_t), b"ilqn", False)
+        check_length(view, 0, n_rois, "batch_index")
+        batch_index_at = <const Py_ssize_t*>view.buf
+        if roi_order is not None:
+            view = hold(&held, roi_order, 1, sizeof(Py_ssize_t), b"ilqn", False)
+            check_length(view, 0, n_rois, "roi_order")
+            roi_order_at = <const Py_ssize_t*>view.buf
+        if image_first is not None:
+            view = hold(&held, image_first, 1, sizeof(Py_ssize_t), b"ilqn", False)
+            check_length(view, 0, n_images + 1, "image_first")
+            image_first_at = <const Py_ssize_t*>view.buf
+        if features is not None:
+            view = hold(&held, features, 4, sizeof(floating), real, False)
+            for i in range(4):
+                check_length(view, i, map_shape[i], "features")
+            features_at = <const floating*>view.buf
+        g = make_geometry(map_shape, channels_last, pooled_height, pooled_width,
+                          sampling_ratio, aligned)
+        expected[0], expected[1] = n_rois, pooled_height if channels_last else g.channels
+        expected[2] = pooled_width if channels_last else pooled_height
+        expected[3] = g.channels if channels_last else pooled_width
+        for i in range(4):
+            if pooled_shape[i] != expected[i]:
+                raise ValueError("internal error: the pooled array's shape does not match "
+                                 "the features and the output size")
+        return run(values_at, boxes_at, n_rois, batch_index_at, roi_order_at, image_first_at,
+                   spatial_scale, max_mode, features_at, &result[0, 0, 0, 0], g, backward,
+                   packed, block, first_item, n_threads)
+    finally:
+        release(&held)
+
+
+def forward(features, bint channels_last, boxes, batch_index, roi_order, image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, bint aligned, bint max_mode, floating[:, :, :, ::1] out,
             bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
     """RoIAlign forward into `out`, one time slice of it (see _work_items.run_items): the
     next item to run from first_item on, 0 when done, -1 when out of memory.
 
-    features (N, C, H, W), or (N, H, W, C) when channels_last; out (K, C, PH, PW) or
-    (K, PH, PW, C). Per RoI unless `packed`: then work items are (image, block of `block`
-    channels), with roi_order/image_first grouping the RoIs by image.
+    features (N, C, H, W), or (N, H, W, C) when channels_last, and boxes (K, 4) of out's
+    float type; batch_index (K,) intp; out (K, C, PH, PW) or (K, PH, PW, C). Per RoI unless
+    `packed`: then work items are (image, block of `block` channels), with
+    roi_order/image_first grouping the RoIs by image (else None). All C-contiguous.
     """
-    cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
-                                    pooled_width, sampling_ratio, aligned)
-    return run(features, boxes, batch_index, roi_order, image_first, spatial_scale, max_mode,
-               <const floating*>NULL, &out[0, 0, 0, 0], g, False, packed, block, first_item,
-               n_threads)
+    return enter(features, channels_last, boxes, batch_index, roi_order, image_first,
+                 spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, max_mode,
+                 None, out, False, packed, block, first_item, n_threads)
 
 
-def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
-             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
-             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
+def backward(grad_output, bint channels_last, boxes, batch_index, roi_order, image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-             Py_ssize_t sampling_ratio, bint aligned, bint max_mode,
-             const floating[:, :, :, ::1] features, floating[:, :, :, ::1] grad_input,
-             bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+             Py_ssize_t sampling_ratio, bint aligned, bint max_mode, features,
+             floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
+             Py_ssize_t first_item, int n_threads):
     """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`, one
     time slice of it (returns as forward does).
 
     Work items are (image, block of `block` channels): no two threads write the same element,
-    no atomics. `features` is only read in max mode (each bin's arg-max sample); `packed`
-    (average mode only) accumulates in cache-resident channel blocks.
+    no atomics. `features` (grad_input's shape) is only read in max mode (each bin's arg-max
+    sample), else None; `packed` (average mode only) accumulates in cache-resident channel
+    blocks. Arrays as in forward.
     """
-    cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
-                                    pooled_width, sampling_ratio, aligned)
-    return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               max_mode, &features[0, 0, 0, 0] if features is not None else NULL,
-               &grad_input[0, 0, 0, 0], g, True, packed and not max_mode,
-               block, first_item, n_threads)
+    return enter(grad_output, channels_last, boxes, batch_index, roi_order, image_first,
+                 spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, max_mode,
+                 features, grad_input, True, packed and not max_mode, block, first_item,
+                 n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}
