@@ -16,8 +16,8 @@ Metadata lives in pyproject.toml; this file only builds the extension:
   ``_runtime`` and ``_sampling_grid`` (roialign_cy.plot's geometry);
 - compiles the Python modules every call runs through (``_args``, ``_plan``, ``_levels`` and
   each operator's wrapper ``roialign_cy/_<op>.py``) with Cython too, from the same source:
-  the checks and the plan of a small call cost about 20% fewer instructions compiled
-  (benchmarks/RESULTS.md, "The per-call overhead"). They stay plain Python modules in every
+  a seed-sized call runs about 18% fewer instructions (benchmarks/call_instructions.py,
+  benchmarks/RESULTS.md "The per-call overhead"). They stay plain Python modules in every
   other way (Python's semantics: bounds-checked indexing, no typed annotations), and
   ``ROIALIGN_CY_PURE_PYTHON=1`` leaves them uncompiled, for a debugger that steps through
   them. After editing one, rebuild: the compiled module is what Python imports;
