@@ -20,7 +20,8 @@ Metadata lives in pyproject.toml; this file only builds the extension:
   benchmarks/RESULTS.md "The per-call overhead"). They stay plain Python modules in every
   other way (Python's semantics: bounds-checked indexing, no typed annotations), and
   ``ROIALIGN_CY_PURE_PYTHON=1`` leaves them uncompiled, for a debugger that steps through
-  them. After editing one, rebuild: the compiled module is what Python imports;
+  them (delete the compiled ones an in-place build left beside them). After editing one,
+  rebuild: the compiled module is what Python imports;
 - on x86-64, also builds each kernel module a second time for AVX2 (``_<op>_kernels_avx2``,
   generated here, never committed; chosen at import on CPUs that have it, see
   roialign_cy/_dispatch.py) when the compiler accepts ``-mavx2``. ``ROIALIGN_CY_NO_AVX2=1``

@@ -195,3 +195,47 @@ def test_no_scratch_for_idle_threads():
         print(float(roi_align(x, box, 64, sampling_ratio=8, num_threads=64).mean()))
     """, limit_gib=1)
     assert float(out) == pytest.approx(1.0)
+
+
+def _kernel_arguments(features, boxes, batch_index, out):
+    """roi_align's forward kernel arguments (the order _plan.run passes them), per RoI."""
+    return (features, False, boxes, batch_index, None, None, 1.0, 2, 2, 2, False, False, out,
+            False, 1, 0, 1)
+
+
+@pytest.mark.parametrize("bad", ["strided features", "float64 features", "3-D features",
+                                 "boxes too few", "boxes of 5", "int32 batch_index",
+                                 "batch_index too long", "out of another size"])
+def test_kernel_entry_refuses_what_it_cannot_read(bad):
+    """The roi_align kernels read the call's arrays as raw buffers (_buffers.pxd): anything
+    but the canonical arrays the wrapper hands over is an internal error, raised before a
+    single element is read or written, never a read past an array's end."""
+    from roialign_cy import _roi_align
+
+    kernel = _roi_align.KERNELS["forward", "baseline", np.dtype(np.float32)]
+    features = np.zeros((1, 2, 6, 6), np.float32)
+    boxes = np.zeros((3, 4), np.float32)
+    batch_index = np.zeros(3, np.intp)
+    out = np.full((3, 2, 2, 2), 7, np.float32)
+    np.testing.assert_array_equal(kernel(*_kernel_arguments(features, boxes, batch_index, out)),
+                                  0)  # the canonical call runs (and returns "done")
+    out[...] = 7
+    if bad == "strided features":
+        features = np.zeros((1, 2, 6, 12), np.float32)[..., ::2]
+    elif bad == "float64 features":
+        features = features.astype(np.float64)
+    elif bad == "3-D features":
+        features = features[0]
+    elif bad == "boxes too few":
+        boxes = boxes[:2]
+    elif bad == "boxes of 5":
+        boxes = np.zeros((3, 5), np.float32)
+    elif bad == "int32 batch_index":
+        batch_index = batch_index.astype(np.int32)
+    elif bad == "batch_index too long":
+        batch_index = np.zeros(4, np.intp)
+    else:
+        out = np.full((3, 3, 2, 2), 7, np.float32)
+    with pytest.raises((ValueError, BufferError), match="internal error|contiguous|ndarray is not"):
+        kernel(*_kernel_arguments(features, boxes, batch_index, out))
+    assert (out == 7).all()
