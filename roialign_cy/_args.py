@@ -44,6 +44,8 @@ _new = tuple.__new__  # builds a record without a Python-level __new__ call
 _INT32_MAX = 2**31 - 1
 _FLOAT32 = np.dtype(np.float32)
 _FLOAT64 = np.dtype(np.float64)
+_NDARRAY = np.ndarray  # the fast routes' tests, without an attribute lookup on np per call
+_EMPTY = np.empty
 _INT32 = np.dtype(np.int32)
 # spatial_scale must lie in (_SCALE_LOW, _SCALE_HIGH] to stay finite and > 0 in float32.
 
@@ -258,9 +260,11 @@ def check_boxes(boxes: Any, n_images: int, was_3d: bool, dtype: np.dtype[Any],
     3-D image.
     """
     width = n_coords + 1
-    if (type(boxes) is np.ndarray and boxes.ndim == 2 and boxes.shape[1] == width
-            and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64) and boxes.flags.c_contiguous
-            and boxes.flags.aligned):
+    flags: Any = None
+    if (type(boxes) is _NDARRAY and boxes.ndim == 2 and boxes.shape[1] == width
+            and (boxes.dtype is _FLOAT32 or boxes.dtype is _FLOAT64)):
+        flags = boxes.flags
+    if flags is not None and flags.c_contiguous and flags.aligned:
         rows = boxes  # the usual form: read in place by split_rows
     elif isinstance(boxes, (list, tuple)):
         if len(boxes) != n_images:
@@ -539,21 +543,26 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
     channels_last = _CHANNELS_LAST.get(layout) if type(layout) is str else None
     if channels_last is None:
         check_layout(layout)
-    dtype = input.dtype if type(input) is np.ndarray and input.ndim == 4 else None
+    dtype: Any = input.dtype if type(input) is _NDARRAY and input.ndim == 4 else None
     flags: Any = input.flags if dtype is not None else None  # read only when dtype is not None
-    if (dtype is _FLOAT32 or dtype is _FLOAT64) and flags.c_contiguous and flags.aligned and (
-            input.shape[1] and input.shape[2] if channels_last else input.shape[2] and input.shape[3]):
-        features, was_3d, result_dtype = input.view(), False, dtype  # check_features' fast route
-    else:
+    features = None
+    if (dtype is _FLOAT32 or dtype is _FLOAT64) and flags.c_contiguous and flags.aligned:
+        features = input.view()  # check_features' fast route: a private view ...
+        map_shape = features.shape  # ... whose shape cannot change under the kernel
+        if not (map_shape[1] and map_shape[2] if channels_last else map_shape[2] and map_shape[3]):
+            features = None  # an empty map: check_features raises
+    if features is None:
         features, was_3d, result_dtype = check_features(input, layout)
         dtype = features.dtype
+        map_shape = features.shape
+    else:
+        was_3d, result_dtype = False, dtype
     if type(output_size) is int and 0 < output_size <= _INT32_MAX:
         pooled = (output_size, output_size)
     else:
         pooled = check_output_size(output_size)
     if not (type(spatial_scale) is float and 0 < spatial_scale < math.inf):
         spatial_scale = check_spatial_scale(spatial_scale)
-    map_shape = features.shape
     batch_index, coords = check_boxes(boxes, map_shape[0], was_3d, dtype, "boxes", n_coords)
     if dtype is _FLOAT32 and not _FLOAT32_SCALE_LOW < spatial_scale <= _FLOAT32_SCALE_HIGH:
         check_scale_fits(spatial_scale, dtype)
@@ -563,7 +572,7 @@ def forward_call(input: Any, boxes: Any, output_size: Any, spatial_scale: Any, l
     ph, pw = pooled
     shape = (n_rois, ph, pw, channels) if channels_last else (n_rois, channels, ph, pw)
     if out is None and n_rois * channels * ph * pw * dtype.itemsize <= sys.maxsize:
-        result, out_view = np.empty(shape, dtype), None
+        result, out_view = _EMPTY(shape, dtype), None
     elif out is None:
         result, out_view = allocate(None, shape, dtype), None  # MemoryError
     else:
