@@ -1,7 +1,8 @@
 # The RoIAlign kernels (roi_align, roi_align_backward). Private: _roi_align.py validates every
 # argument and hands over private, canonical arrays (C-contiguous in their layout, native
 # byte order, boxes in the features' dtype, batch indices checked), so nothing here
-# re-checks them. Each entry point fills a KernelCall and runs its work items through
+# re-checks their values; the entry points hold them as raw buffers and check only that
+# their types and shapes agree. Each fills a KernelCall and runs its work items through
 # _work_items.run_items.
 
 from libc.string cimport memset
