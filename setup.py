@@ -22,6 +22,9 @@ Metadata lives in pyproject.toml; this file only builds the extension:
   ``ROIALIGN_CY_PURE_PYTHON=1`` leaves them uncompiled, for a debugger that steps through
   them (delete the compiled ones an in-place build left beside them). After editing one,
   rebuild: the compiled module is what Python imports;
+- has Cython write its utility code (memoryviews, buffer and error helpers) once, into
+  ``roialign_cy._cyutility``, which every compiled module imports, in place of a copy in
+  each: the wheel's extensions shrink from 7.3 MB to 4.6 MB (3.1 MB to 1.9 MB zipped);
 - on x86-64, also builds each kernel module a second time for AVX2 (``_<op>_kernels_avx2``,
   generated here, never committed; chosen at import on CPUs that have it, see
   roialign_cy/_dispatch.py) when the compiler accepts ``-mavx2``. ``ROIALIGN_CY_NO_AVX2=1``
@@ -64,6 +67,8 @@ CALL_PATH_SOURCES = [os.path.join("roialign_cy", name) for name in ("_args.py", 
     source.replace("_kernels.pyx", ".py") for source in KERNEL_SOURCES
     if os.path.exists(source.replace("_kernels.pyx", ".py"))]
 AVX2_SUFFIX = "_avx2"
+# Cython's utility code, generated once for all the modules (see the docstring).
+SHARED_UTILITY = "roialign_cy._cyutility"
 
 C_PROBE = "int main(void) { return 0; }\n"
 OPENMP_PROBE = textwrap.dedent(
@@ -254,9 +259,11 @@ class BuildWithOpenMP(build_ext):
         # cythonize returns new Extension objects; build_ext keeps state on its own.
         call_path = [ext for ext in self.extensions if ext.sources[0].endswith(".py")]
         kernels = [ext for ext in self.extensions if ext not in call_path]
-        generated = cythonize(kernels, compiler_directives=DIRECTIVES, include_path=[HERE])
+        generated = cythonize(kernels, compiler_directives=DIRECTIVES, include_path=[HERE],
+                              shared_utility_qualified_name=SHARED_UTILITY)
         if call_path:
-            generated += cythonize(call_path, compiler_directives=CALL_PATH_DIRECTIVES)
+            generated += cythonize(call_path, compiler_directives=CALL_PATH_DIRECTIVES,
+                                   shared_utility_qualified_name=SHARED_UTILITY)
         sources = {ext.name: ext.sources for ext in generated}
         for ext in self.extensions:
             ext.sources = sources[ext.name]
@@ -291,13 +298,15 @@ def extension(name, source):
 
 
 def extensions():
-    """The baseline modules, the AVX2 twins of the kernel modules, then the compiled call
-    path (unless ROIALIGN_CY_PURE_PYTHON)."""
+    """Cython's shared utility module, the baseline modules, the AVX2 twins of the kernel
+    modules, then the compiled call path (unless ROIALIGN_CY_PURE_PYTHON)."""
+    # cythonize writes the utility module's C file (it has no .pyx) under this name.
+    utility = Extension(SHARED_UTILITY, [SHARED_UTILITY.replace(".", "/") + ".c"])
     modules = [extension(module_name(src), src) for src in KERNEL_SOURCES + SHARED_SOURCES]
     twins = [extension(module_name(src) + AVX2_SUFFIX, avx2_twin(src)) for src in KERNEL_SOURCES]
     call_path = [] if PURE_PYTHON else [Extension(module_name(src), [src])
                                         for src in CALL_PATH_SOURCES]
-    return modules + twins + call_path
+    return [utility] + modules + twins + call_path
 
 
 if __name__ == "__main__":
