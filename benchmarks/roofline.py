@@ -10,7 +10,9 @@ The probe is benchmarks/roofline_probe.c, compiled here at run time with the sys
 a compiler the script says so and exits 0. For each workload the work is counted from its
 boxes in NumPy (numpy_baseline's sampling geometry, not the package): bilinear samples inside
 the map, the vector operations they need, the bytes their taps read and the distinct bytes they
-touch. The bounds are those counts over the probe's rates; no assertions on times.
+touch. The bounds are those counts over the probe's rates, plus one the probe measures on the
+workload itself: the time to read its taps in the kernels' order, nothing computed. No
+assertions on times.
 """
 
 import argparse
@@ -67,6 +69,8 @@ class Probe:
 FULL = Probe(sample_s=0.001, repeats=51, dram_bytes=DRAM_BYTES)  # >= 51 ms a figure
 QUICK = Probe(sample_s=0.001, repeats=5, dram_bytes=0)
 # roi_align calls: warm-up, then the median of 5 to 15 calls (about 0.5 s a row).
+# The tap-read probe on a workload: the best of this many runs after a warm-up.
+TAP_READ_REPEATS = 7
 WORKLOAD_POLICY = timing.Policy(budget_s=0.5, min_repeats=5, max_repeats=15, slow_call_s=1.0,
                                 slow_repeats=3)
 
@@ -170,6 +174,9 @@ def compile_probe(directory):
             lib.probe_read.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long,
                                        ctypes.c_int, seconds]
             lib.probe_read.restype = ctypes.c_double
+            lib.probe_taps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long,
+                                       ctypes.c_long, ctypes.c_long, ctypes.c_int, seconds]
+            lib.probe_taps.restype = ctypes.c_double
             lib.probe_mul_add.argtypes = [ctypes.c_long, ctypes.c_int, seconds]
             lib.probe_mul_add.restype = ctypes.c_double
             lib.probe_int_add_chain.argtypes = [ctypes.c_long, seconds]
@@ -325,6 +332,56 @@ def count_work(wl):
     }
 
 
+def tap_pixels(wl):
+    """The 4 pixels every inside sample's taps read, in the kernels' order (RoI, bin row, bin
+    column, sample row, sample column): flat (image, y, x) indices, (samples, 4) int32.
+
+    The same geometry as count_work (numpy_baseline's), so as many samples as it counts.
+    """
+    n, _, height, width = wl.nchw_shape
+    pooled = wl.output_size
+    coords = wl.boxes[:, 1:5]
+    batch = wl.boxes[:, 0].astype(np.int64)
+    per_roi = 4 * numpy_baseline._samples_per_roi(coords, wl.spatial_scale, wl.aligned, pooled,
+                                                  wl.sampling_ratio)
+    parts = [np.zeros((0, TAPS), dtype=np.int32)]
+    for rows in numpy_baseline._chunks(np.arange(len(coords)), per_roi):
+        y_axis, x_axis, _ = numpy_baseline._roi_grids(coords[rows], wl.spatial_scale, wl.aligned,
+                                                      pooled, wl.sampling_ratio)
+        y_low, y_high, wy_low, wy_high = numpy_baseline._axis_taps(*y_axis, pooled[0], height)
+        x_low, x_high, wx_low, wx_high = numpy_baseline._axis_taps(*x_axis, pooled[1], width)
+
+        def along_y(a):  # (k, PH, Gy) -> (k, PH, 1, Gy, 1)
+            return a[:, :, None, :, None]
+
+        def along_x(a):  # (k, PW, Gx) -> (k, 1, PW, 1, Gx)
+            return a[:, None, :, None, :]
+
+        image_rows = batch[rows][:, None, None, None, None] * height
+        low_row = (image_rows + along_y(y_low)) * width
+        high_row = (image_rows + along_y(y_high)) * width
+        taps = np.stack(np.broadcast_arrays(low_row + along_x(x_low), low_row + along_x(x_high),
+                                            high_row + along_x(x_low), high_row + along_x(x_high)),
+                        axis=-1)
+        inside = along_y((wy_low + wy_high) > 0) & along_x((wx_low + wx_high) > 0)
+        parts.append(taps[np.broadcast_to(inside, taps.shape[:-1])].astype(np.int32))
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def time_tap_reads(lib, features, pixels, threads, repeats):
+    """Seconds (best of `repeats`, after one warm-up) the probe takes to read every tap of
+    `pixels` from channels-last `features`, in that order, on `threads` threads."""
+    channels = features.shape[-1]
+    seconds = ctypes.c_double(0.0)
+    best = float("inf")
+    for run in range(repeats + 1):
+        _SINK.append(lib.probe_taps(features.ctypes.data, pixels.ctypes.data, len(pixels),
+                                    channels, 1, threads, ctypes.byref(seconds)))
+        if run:
+            best = min(best, seconds.value)
+    return best
+
+
 def _limit(rates, threads):
     """The best Rate measured at `threads` threads or fewer; None if `threads` was not
     measured (a probe built without OpenMP runs 1 thread only).
@@ -363,12 +420,18 @@ def bounds(work, machine, caches, threads):
     return found
 
 
-def time_workloads(names, thread_counts, quick, machine, caches):
-    """[(workload, work counts, [(layout, threads, Timing, bounds)])] for roi_align forward."""
+def time_workloads(lib, names, thread_counts, quick, machine, caches):
+    """[(workload, work counts, [(layout, threads, Timing, bounds)])] for roi_align forward.
+
+    Channels-last rows get a fourth bound, measured: the probe reading the workload's taps
+    in the kernels' order (tap_pixels), at the row's thread count."""
     results = []
     for name in names:
         wl = workloads.build(name, quick=quick)
         work = count_work(wl)
+        pixels = tap_pixels(wl)
+        if len(pixels) != work["samples"]:
+            raise AssertionError(f"{name}: {len(pixels)} tap rows for {work['samples']} samples")
         progress(f"{name}: {work['samples']} samples, distinct "
                  f"{report.fmt_bytes(work['distinct_bytes'])}")
         rows = []
@@ -376,8 +439,16 @@ def time_workloads(names, thread_counts, quick, machine, caches):
             for threads in thread_counts:
                 call = peers.make_ours(wl, "roi_align", "forward", layout, threads)
                 t = timing.measure(call, timing.QUICK if quick else WORKLOAD_POLICY)
-                rows.append((layout, threads, t, bounds(work, machine, caches, threads)))
-                progress(f"  {layout} {threads} thr: {t.median_s * 1e3:.2f} ms")
+                found = bounds(work, machine, caches, threads)
+                found["tap_reads"] = (time_tap_reads(lib, wl.features(layout), pixels, threads,
+                                                     2 if quick else TAP_READ_REPEATS)
+                                      if layout == "NHWC" and threads in machine["counts"]
+                                      else None)
+                rows.append((layout, threads, t, found))
+                progress(f"  {layout} {threads} thr: {t.median_s * 1e3:.2f} ms"
+                         + (f" (tap reads alone {found['tap_reads'] * 1e3:.2f} ms)"
+                            if found["tap_reads"] else ""))
+        del pixels
         results.append((wl, work, rows))
         workloads.clear_cache()
     return results
@@ -474,8 +545,10 @@ def work_table(results):
 
 
 def binding(found):
-    """("compute" | "memory", seconds) of the larger of the two bounds (None if unmeasured)."""
-    pairs = [(found[k], k) for k in ("compute", "memory") if found[k] is not None]
+    """("compute" | "memory" | "tap reads", seconds) of the largest bound (None if
+    unmeasured)."""
+    pairs = [(found[k], k.replace("_", " ")) for k in ("compute", "memory", "tap_reads")
+             if found.get(k) is not None]
     if not pairs:
         return None, None
     seconds, kind = max(pairs)
@@ -486,8 +559,9 @@ def timing_table(results):
     """One row per (workload, layout, threads): time, bounds, what binds, the multiples."""
     lines = [
         "| workload | layout | threads | time, ms: median (min–max) | compute bound | memory "
-        "bound (levels) | binds | time / binding | taps at L2 | time / taps at L2 |",
-        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "bound (levels) | tap reads alone | binds | time / binding | taps at L2 | time / taps "
+        "at L2 |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|",
     ]
     for wl, _, rows in results:
         for layout, threads, t, found in rows:
@@ -496,7 +570,7 @@ def timing_table(results):
             lines.append(
                 f"| {wl.name} | {layout} | {threads} | {_ms(t.median_s)} ({_ms(t.min_s)}–"
                 f"{_ms(t.max_s)}) | {_ms(found['compute'])} | {_ms(found['memory'])} ({levels}) "
-                f"| {kind or '—'} | {report.fmt_ratio(t.median_s / limit) if limit else '—'} | "
+                f"| {_ms(found['tap_reads'])} | {kind or '—'} | {report.fmt_ratio(t.median_s / limit) if limit else '—'} | "
                 f"{_ms(found['taps'])} | "
                 f"{report.fmt_ratio(t.median_s / found['taps']) if found['taps'] else '—'} |")
     return lines
@@ -507,12 +581,16 @@ def summary(results):
     lines = []
     for wl, work, rows in results:
         per_count = {}
-        for _, threads, _, found in rows:  # the bounds do not depend on the layout
+        for layout, threads, _, found in rows:  # compute and memory: for either layout
+            if layout != "NCHW":
+                continue
             kind, limit = binding(found)
             if kind:
                 other = found["memory" if kind == "compute" else "compute"]
                 per_count[threads] = (f"{kind} at {threads} thr ({_ms(limit)} ms vs "
                                       f"{_ms(other)} ms)")
+        reads = [(t.median_s / found["tap_reads"], threads) for layout, threads, t, found in rows
+                 if found.get("tap_reads")]
         multiples = [(t.median_s / binding(found)[1], layout, threads)
                      for layout, threads, t, found in rows if binding(found)[1]]
         if not multiples:
@@ -525,7 +603,11 @@ def summary(results):
             f"{report.fmt_bytes(work['output_bytes'])} to {levels[1]}; the taps move "
             f"{work['tap_bytes'] / max(work['distinct_bytes'], 1):.1f}× the distinct bytes. "
             f"Measured: {best[0]:.1f}× ({best[1]}, {best[2]} thr) to {worst[0]:.1f}× "
-            f"({worst[1]}, {worst[2]} thr) the binding limit.")
+            f"({worst[1]}, {worst[2]} thr) the binding limit"
+            + ("; channels-last, "
+               + ", ".join(f"{ratio:.2f}× at {threads} thr" for ratio, threads in reads)
+               + " the time the probe takes to read the same taps in the same order"
+               if reads else "") + ".")
     return lines
 
 
@@ -569,7 +651,13 @@ def render(env, machine, caches, cache_source, compile_command, results, quick):
         "/ the mul+add peak. Memory: distinct bytes at the read bandwidth of the level the "
         "largest image's distinct working set fits in, plus the output bytes at the level the "
         "output fits in (read bandwidth used for the writes: optimistic). `binds`: the larger "
-        "of the two. Taps at L2: every tap's bytes at L2 read bandwidth, a second view (taps "
+        "of the bounds. Tap reads alone (channels-last rows): measured, not derived: the probe "
+        "(`probe_taps`) reads every sample's 4 taps, all channels, in the kernels' order "
+        "(RoI, bin, sample) from the same features, on the row's thread count, and only sums "
+        "them: what the caches, prefetchers and DRAM give this access pattern, with nothing "
+        "computed. Where it exceeds the memory bound, the taps' scattered reads, not the bytes "
+        "alone, are the limit (a bound for this order of reads: another order could read "
+        "faster). Taps at L2: every tap's bytes at L2 read bandwidth, a second view (taps "
         "that hit L1 go faster, so it is no strict bound).",
         "",
     ]
@@ -603,7 +691,7 @@ def main(argv=None):
             return 0
         progress(f"probe: {compile_command}")
         machine = measure_machine(lib, caches, thread_counts, QUICK if args.quick else FULL)
-    results = time_workloads(WORKLOADS, thread_counts, args.quick, machine, caches)
+        results = time_workloads(lib, WORKLOADS, thread_counts, args.quick, machine, caches)
     env["load_end"] = environment.load_average()
     env["wall_s"] = time.perf_counter() - started
     env["command"] = report.command_line("roofline.py", argv)

@@ -125,6 +125,70 @@ double probe_read(const float *a, size_t n, long reps, int threads, double *seco
     return total;
 }
 
+/* The taps of one sample, channels-last: the `channels` floats of each of its 4 pixels,
+ * summed (vectors of 8 floats, 4 independent accumulators), nothing weighted or stored. */
+static float sum_taps(const float *image, const int32_t *pixel, long channels) {
+    long c = 0;
+    float total = 0.0f;
+#if defined(__AVX__)
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    const float *p0 = image + (long)pixel[0] * channels, *p1 = image + (long)pixel[1] * channels,
+                *p2 = image + (long)pixel[2] * channels, *p3 = image + (long)pixel[3] * channels;
+    for (; c + 8 <= channels; c += 8) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(p0 + c));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(p1 + c));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(p2 + c));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(p3 + c));
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, s);
+    total = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5])
+                                                               + (lanes[6] + lanes[7]));
+#endif
+    for (; c < channels; c++)
+        for (int k = 0; k < 4; k++)
+            total += image[(long)pixel[k] * channels + c];
+    return total;
+}
+
+/* Read the taps of a workload's samples in its order: sample s reads pixels[4 s .. 4 s + 3]
+ * (flat (image, y, x) indices into a channels-last map of `channels` floats a pixel). This is
+ * the kernels' access pattern with nothing computed: what the memory system alone needs for
+ * it, caches, prefetchers and all. Threads take contiguous ranges of the samples (the kernels
+ * split by RoI). Returns the sum of every tap. */
+double probe_taps(const float *image, const int32_t *pixels, long n_samples, long channels,
+                  long reps, int threads, double *seconds) {
+    double total = 0.0, start = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+#pragma omp barrier
+#pragma omp master
+        start = now();
+#else
+    (void)threads;
+    start = now();
+    {
+        int t = 0, nt = 1;
+#endif
+        long first = n_samples * t / nt, last = n_samples * (t + 1) / nt;
+        for (long r = 0; r < reps; r++)
+            for (long s = first; s < last; s++)
+                total += sum_taps(image, pixels + 4 * s, channels);
+#ifdef _OPENMP
+#pragma omp barrier
+#pragma omp master
+        *seconds = now() - start;
+#endif
+    }
+#ifndef _OPENMP
+    *seconds = now() - start;
+#endif
+    return total;
+}
+
 /* Peak multiply+add rate: `iters` steps of 12 independent chains x = x * m + c, one vmulps
  * and one vaddps each (no FMA: -mno-fma, and intrinsics are never contracted). 12 chains of
  * a 2-op, ~8-cycle-latency step keep two vector pipes busy. m = 1 and c = 0 arrive through
