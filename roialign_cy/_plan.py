@@ -28,6 +28,13 @@ BLOCK_BYTES = 2 << 20
 # 46341 x 46341 map would need 137 GB per thread), so huge maps walk each RoI instead.
 MAX_PACKED_BYTES = 32 << 20
 VARIANTS = ("per_roi", "packed")
+# A map of more than LOCALITY_BYTES per image does not stay in the caches, and then the
+# order the RoIs are pooled in decides how many of a RoI's taps the RoIs before it left
+# there: a per-RoI forward given locality=True walks each image's RoIs by their centres'
+# y (locality_order). Each RoI writes only its own output, so the numbers do not change.
+# (benchmarks/RESULTS.md, "The channels-last gather: what binds it".)
+LOCALITY_BYTES = 8 << 20
+LOCALITY_ROIS = 16
 _new = tuple.__new__  # builds a Plan without a Python-level __new__ call
 
 
@@ -40,6 +47,8 @@ class Plan(NamedTuple):
     block: int                       # channels per (image, channel block) work item
     roi_order: Optional[npt.NDArray[np.intp]]  # RoIs grouped by image (stable), or None ...
     image_first: Optional[npt.NDArray[np.intp]]  # ... where each image's RoIs start in roi_order
+    # (a per-RoI forward planned with locality=True: roi_order is the order to pool the RoIs
+    # in, image_first None)
 
 
 def _usable_cpus() -> int:
@@ -134,13 +143,21 @@ def channel_share(n_threads: int, n_images: int, channels: int) -> int:
     return -(-channels // shares)
 
 
+def locality_order(coords: npt.NDArray[Any], batch_index: npt.NDArray[np.intp]
+                   ) -> npt.NDArray[np.intp]:
+    """The RoIs image by image, each image's by the y of their centres (stable; the boxes
+    are finite, _args checked them)."""
+    return np.lexsort((coords[:, 1] + coords[:, 3], batch_index)).astype(np.intp, copy=False)
+
+
 def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,
-         packable: bool = True, n_buffers: int = 1) -> Plan:
+         packable: bool = True, n_buffers: int = 1, locality: bool = False) -> Plan:
     """The Plan of a checked call (_args.ForwardCall or BackwardCall).
 
     variant: None (the heuristic above picks), "per_roi" or "packed" (where the operator has
     no packed kernel for this call, packable=False, the per-RoI one runs). grouped: the
-    kernel walks RoIs image by image even per RoI (the backward kernels).
+    kernel walks RoIs image by image even per RoI (the backward kernels). locality: the
+    per-RoI kernel pools the RoIs in roi_order when given one (see LOCALITY_BYTES).
     """
     map_shape, channels_last = call.map_shape, call.channels_last
     itemsize = call.values.itemsize
@@ -165,6 +182,9 @@ def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,
         block = channel_share(n_threads, n_images, map_shape[3] if channels_last else map_shape[1])
     if packed or grouped:
         roi_order, image_first = _boxes.group_by_image(call.batch_index, n_images)
+    elif (locality and len(call.coords) >= LOCALITY_ROIS
+          and call.values.nbytes >= LOCALITY_BYTES * n_images):
+        roi_order = locality_order(call.coords, call.batch_index)
     return _new(Plan, (n_threads, num_threads is None and n_threads > 1, packed, block,
                        roi_order, image_first))
 

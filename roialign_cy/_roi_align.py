@@ -123,7 +123,7 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     max_mode, sampling_ratio, aligned = _parameters(mode, sampling_ratio, aligned)
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, variant, grouped=False)
+        plan = _plan.plan(call, num_threads, variant, grouped=False, locality=True)
         _plan.run(KERNELS, "forward", build, call, plan,
                   (sampling_ratio, aligned, max_mode, call.kernel_out), "roi_align")
     return _args.deliver(call)

@@ -32,10 +32,12 @@ from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Per-RoI forward, work item k: every channel of RoI k."""
+    """Per-RoI forward: every channel of one RoI, the item-th in roi_order when the plan
+    gave one (RoIs by locality, _plan.LOCALITY_BYTES), else RoI `item`."""
     cdef const Geometry* g = &call.g
+    cdef Py_ssize_t k = item if call.roi_order == NULL else call.roi_order[item]
     return pool_roi(<const floating*>call.values + call.batch_index[k] * g.image_stride,
                     <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale,
                     <floating*>call.result + k * g.out_roi_stride, g, &scratch.table,
@@ -230,7 +232,8 @@ def forward(features, bint channels_last, boxes, batch_index, roi_order, image_f
     features (N, C, H, W), or (N, H, W, C) when channels_last, and boxes (K, 4) of out's
     float type; batch_index (K,) intp; out (K, C, PH, PW) or (K, PH, PW, C). Per RoI unless
     `packed`: then work items are (image, block of `block` channels), with
-    roi_order/image_first grouping the RoIs by image (else None). All C-contiguous.
+    roi_order/image_first grouping the RoIs by image. Per RoI, roi_order (image_first None)
+    is the order to pool the RoIs in, or None for 0..K-1. All C-contiguous.
     """
     return enter(features, channels_last, boxes, batch_index, roi_order, image_first,
                  spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, max_mode,

@@ -11,7 +11,7 @@ import pytest
 from reference import reference_roi_align
 from roi_inputs import align_nchw, random_boxes, to_layout
 
-from roialign_cy import _dispatch, _roi_align, _roi_pool
+from roialign_cy import _dispatch, _plan, _roi_align, _roi_pool
 
 VARIANTS = ("per_roi", "packed")
 needs_avx2 = pytest.mark.skipif("avx2" not in _dispatch.BUILDS,
@@ -77,6 +77,52 @@ def test_forward_kernels_bit_identical(channels, mode, layout):
     assert np.array_equal(results["per_roi"], results["packed"])
     expected = reference_roi_align(features, boxes, (3, 4), 0.5, -1, True, mode=mode)
     np.testing.assert_allclose(results["packed"], expected, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_locality_order_changes_no_bit(n_threads, mode, layout, monkeypatch):
+    """The per-RoI forward pooling the RoIs by locality (each image's by their centres' y,
+    above _plan.LOCALITY_BYTES) gives the numbers of pooling them in their given order, and
+    the reference's, with every RoI in its own row."""
+    rng = np.random.default_rng([n_threads, mode == "max", layout == "NHWC"])
+    features = rng.standard_normal((3, 5, 12, 13)).astype(np.float32)
+    boxes = random_boxes(rng, 3, 12, 13, 0.5, n_boxes=40)
+
+    def pooled():
+        return align_nchw(features, boxes, (3, 4), 0.5, -1, True, layout=layout, mode=mode,
+                          variant="per_roi", num_threads=n_threads)
+
+    given = pooled()
+    monkeypatch.setattr(_plan, "LOCALITY_BYTES", 0)
+    monkeypatch.setattr(_plan, "LOCALITY_ROIS", 1)
+    by_locality = pooled()
+    np.testing.assert_array_equal(by_locality, given)
+    expected = reference_roi_align(features, boxes, (3, 4), 0.5, -1, True, mode=mode)
+    np.testing.assert_allclose(by_locality, expected, rtol=1e-5, atol=2e-5)
+
+
+def test_locality_order_is_planned_only_for_big_maps():
+    """Small maps (the caches hold them) and few RoIs keep the given order, at no cost;
+    a map beyond LOCALITY_BYTES per image gets each image's RoIs by their centres' y."""
+    from roialign_cy import _args
+
+    def order(features, boxes):
+        call = _args.forward_call(features, boxes, 7, 0.25, "NHWC", None)
+        return _plan.plan(call, 1, None, grouped=False, locality=True).roi_order
+
+    rng = np.random.default_rng(5)
+    boxes = random_boxes(rng, 2, 64, 64, 0.25, n_boxes=_plan.LOCALITY_ROIS)
+    small = np.zeros((2, 8, 64, 64), np.float32)
+    assert order(small, boxes) is None
+    side = int(np.sqrt(_plan.LOCALITY_BYTES / 4 / 8)) + 1  # 8 channels a pixel, float32
+    big = np.zeros((2, side, side, 8), np.float32)
+    assert order(big, boxes[:-1]) is None  # one RoI short
+    got = order(big, boxes)
+    centre = boxes[:, 2] + boxes[:, 4]
+    expected = sorted(range(len(boxes)), key=lambda k: (boxes[k, 0], centre[k]))
+    np.testing.assert_array_equal(got, expected)
 
 
 @needs_avx2
