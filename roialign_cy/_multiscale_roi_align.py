@@ -67,7 +67,8 @@ def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_th
 
     As _plan.plan for one map, per level: the team, the variant (per RoI or packed channel
     blocks), each level's block (a cache-sized block of a small map holds more channels),
-    and the RoIs grouped by (level, image).
+    and the RoIs grouped by (level, image); a per-RoI forward on a large pyramid gets the
+    order to pool its RoIs in (see _plan.LOCALITY_BYTES).
     """
     n_threads = _plan.team_size(num_threads, work)
     shapes = call.level_shapes
@@ -96,6 +97,13 @@ def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_th
                        n_levels * n_images)
         roi_order, level_first = _boxes.group_by_image(np.ascontiguousarray(key, np.intp),
                                                        n_levels * n_images + 1)
+    elif (len(call.coords) >= _plan.LOCALITY_ROIS
+          and max(int(np.prod(shape[1:])) for shape in shapes) * itemsize
+          >= _plan.LOCALITY_BYTES):
+        # The per-RoI forward on a pyramid whose largest level leaves the caches: level by
+        # level, image by image, by the centres' y (as _plan.locality_order for one map).
+        roi_order = np.lexsort((call.coords[:, 1] + call.coords[:, 3], call.batch_index,
+                                level_of)).astype(np.intp, copy=False)
     plan = _plan.Plan(n_threads, num_threads is None and n_threads > 1, packed, max(blocks),
                       roi_order, level_first)
     return plan, np.array(blocks, dtype=np.intp)

@@ -55,10 +55,12 @@ cdef inline BlockItem level_item(const LevelCall* m, Py_ssize_t item,
     return block_item(item - m.first_items[l], m.call.g.channels, m.blocks[l])
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Per-RoI forward, work item k: every channel of RoI k, from its level."""
+    """Per-RoI forward: every channel of one RoI, from its level; the item-th in roi_order
+    when the plan gave one (by locality), else RoI `item`."""
     cdef const LevelCall* m = <const LevelCall*>call
+    cdef Py_ssize_t k = item if call.roi_order == NULL else call.roi_order[item]
     cdef Py_ssize_t level = m.level_of[k]
     cdef const Geometry* g
     if level < 0:
@@ -242,8 +244,9 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     H_l, W_l) or (N, H_l, W_l, C). RoI k is pooled from levels[level_of[k]] with
     scales[level_of[k]] (level -1: skipped). Per RoI unless `packed`: then work items are
     (level, image, block of level_blocks[level] channels), roi_order/level_first grouping
-    the RoIs by (level, image); `block` is the widest of level_blocks. spatial_scale is
-    unused (the family's argument order).
+    the RoIs by (level, image); `block` is the widest of level_blocks. Per RoI, roi_order
+    (level_first None) is the order to pool the RoIs in, or None for 0..K-1. spatial_scale
+    is unused (the family's argument order).
     """
     return run(features, boxes, batch_index, roi_order, level_first, &out[0, 0, 0, 0],
                levels, level_of, scales, level_blocks, channels_last, pooled_height,

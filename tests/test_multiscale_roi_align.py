@@ -377,6 +377,32 @@ def test_skipped_level_is_left_unpooled_as_in_torchvision():
 # ---- Threads, variants, builds ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_locality_order_changes_no_bit(layout, threads, monkeypatch):
+    """The per-RoI forward pooling the RoIs by locality (level, image, centre's y: planned
+    for pyramids beyond _plan.LOCALITY_BYTES) gives the given order's bits, each RoI in its
+    own row, and roi_align's of each box's level."""
+    from roialign_cy import _plan
+    rng, levels, boxes, image_sizes = pyramid(12, np.float32, channels=5)
+    levels = [to_layout(level, layout) for level in levels]
+
+    def pooled():
+        return ms.forward(levels, boxes, 5, 2, image_sizes, layout=layout, num_threads=threads,
+                          variant="per_roi")
+
+    given = pooled()
+    monkeypatch.setattr(_plan, "LOCALITY_BYTES", 0)
+    monkeypatch.setattr(_plan, "LOCALITY_ROIS", 1)
+    np.testing.assert_array_equal(pooled(), given)
+    level_of = assign_levels(boxes.astype(np.float32), 2, 5)
+    for j, scale in enumerate([1 / 4, 1 / 8, 1 / 16, 1 / 32]):
+        mine = level_of == j
+        np.testing.assert_array_equal(given[mine], roi_align(levels[j], boxes[mine], 5, scale, 2,
+                                                             layout=layout))
+    assert not given[level_of < 0].any()
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_thread_count_determinism(layout):
     """Bit-identical for any thread count and variant, forward and backward."""
