@@ -1,7 +1,7 @@
 """Instructions per seed-sized roi_align call, counted by callgrind: the per-call overhead
 without the clock's noise.
 
-    python benchmarks/call_instructions.py [--calls 2000] [--pure DIR]
+    python benchmarks/call_instructions.py [--calls 2000] [--seeds 4] [--pure DIR]
 
 The seed notebook's call (features (1, 2, 5, 5), one box, 4x4, sampling_ratio 2) runs
 `--calls` more times in one process than in another, both under `valgrind --tool=callgrind`;
@@ -9,13 +9,17 @@ the difference of the two totals over the extra calls is what one call costs, st
 imports cancelled out. Instruction counts repeat exactly for the same build and inputs,
 whatever else the machine does, so two builds (two commits, or `--pure DIR`: a copy of the
 package whose compiled call path was removed, or built with ROIALIGN_CY_PURE_PYTHON=1)
-compare where the clock cannot tell 5 us from 5.4 us on a shared VM.
+compare where the clock cannot tell 5 us from 5.4 us on a shared VM. The one thing that
+moves a count is where strings land in Python's hash tables: a change elsewhere in a module
+can move one seed's count by ~800 instructions (2%) and not another's, so each build is
+counted under PYTHONHASHSEED 0, 1, ... (`--seeds`) and the median is the figure.
 Prints one line per build; exits 0 without valgrind (nothing measured, said so).
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +35,13 @@ for _ in range(200 + int(sys.argv[1])):  # 200 warm-up calls in both runs
 """
 
 
-def total_instructions(script, calls, pythonpath, folder):
+def total_instructions(script, calls, pythonpath, folder, hash_seed):
     """Instructions callgrind counts for the whole process running `calls` extra calls."""
     out = os.path.join(folder, f"callgrind.{calls}")
     # The same dict layouts in both processes, and no BLAS or OpenMP threads spinning idle
     # (callgrind counts every thread of the process).
-    env = dict(os.environ, PYTHONHASHSEED="0", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-               MKL_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONHASHSEED=str(hash_seed), OPENBLAS_NUM_THREADS="1",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
     ran = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
@@ -49,20 +53,29 @@ def total_instructions(script, calls, pythonpath, folder):
     raise RuntimeError(f"no callgrind total in: {ran.stderr[-2000:]}")
 
 
-def per_call(calls, pythonpath=None):
+def per_call(calls, hash_seed, pythonpath=None):
     """Instructions of one seed call: (total with `calls` - total with 0) / calls."""
     with tempfile.TemporaryDirectory(prefix="call-instructions-") as folder:
         script = os.path.join(folder, "calls.py")
         with open(script, "w") as f:
             f.write(CALLS)
-        base = total_instructions(script, 0, pythonpath, folder)
-        more = total_instructions(script, calls, pythonpath, folder)
+        base = total_instructions(script, 0, pythonpath, folder, hash_seed)
+        more = total_instructions(script, calls, pythonpath, folder, hash_seed)
     return (more - base) / calls
+
+
+def describe(calls, seeds, pythonpath=None):
+    """'median (min-max over the hash seeds)' instructions per seed call."""
+    counts = sorted(per_call(calls, seed, pythonpath) for seed in range(seeds))
+    return (f"{statistics.median(counts):,.0f} instructions per seed call (PYTHONHASHSEED "
+            f"0-{seeds - 1}: {counts[0]:,.0f}-{counts[-1]:,.0f})")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="extra calls (default 2000)")
+    parser.add_argument("--seeds", type=int, default=4,
+                        help="hash seeds to count each build under (default 4)")
     parser.add_argument("--pure", metavar="DIR",
                         help="also count the package found first on PYTHONPATH=DIR")
     args = parser.parse_args(argv)
@@ -73,10 +86,9 @@ def main(argv=None):
 
     compiled = args_module.__file__.endswith((".so", ".pyd"))
     print(f"this build ({'compiled' if compiled else 'pure-Python'} call path): "
-          f"{per_call(args.calls):,.0f} instructions per seed call")
+          f"{describe(args.calls, args.seeds)}")
     if args.pure:
-        print(f"PYTHONPATH={args.pure}: {per_call(args.calls, args.pure):,.0f} instructions "
-              "per seed call")
+        print(f"PYTHONPATH={args.pure}: {describe(args.calls, args.seeds, args.pure)}")
     return 0
 
 

@@ -51,6 +51,13 @@ cdef struct KernelCall:
     Py_ssize_t block               # channels per (image, channel block) work item
 
 
+cdef inline Py_ssize_t roi_of(const KernelCall* call, Py_ssize_t item) noexcept nogil:
+    """The RoI of a per-RoI forward's work item: the item-th of roi_order when the plan gave
+    one (the RoIs by locality, _plan.LOCALITY_BYTES), else RoI `item`. Each RoI writes only
+    its own output, so the order changes no number."""
+    return item if call.roi_order == NULL else call.roi_order[item]
+
+
 cdef inline const Py_ssize_t* indices(const Py_ssize_t[::1] array) noexcept:
     """The first element of an index array, NULL for None or an empty one."""
     return &array[0] if array is not None and array.shape[0] > 0 else NULL

@@ -18,7 +18,13 @@ from roialign_cy._channel_blocks cimport (
     unpack_block,
     unpack_roi,
 )
-from roialign_cy._kernel_call cimport Geometry, KernelCall, kernel_call, make_geometry
+from roialign_cy._kernel_call cimport (
+    Geometry,
+    KernelCall,
+    kernel_call,
+    make_geometry,
+    roi_of,
+)
 from roialign_cy._roi_align_pool cimport (
     pool_packed_roi,
     pool_roi,
@@ -57,10 +63,9 @@ cdef inline BlockItem level_item(const LevelCall* m, Py_ssize_t item,
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Per-RoI forward: every channel of one RoI, from its level; the item-th in roi_order
-    when the plan gave one (by locality), else RoI `item`."""
+    """Per-RoI forward: every channel of the item's RoI k (roi_of), from its level."""
     cdef const LevelCall* m = <const LevelCall*>call
-    cdef Py_ssize_t k = item if call.roi_order == NULL else call.roi_order[item]
+    cdef Py_ssize_t k = roi_of(call, item)
     cdef Py_ssize_t level = m.level_of[k]
     cdef const Geometry* g
     if level < 0:

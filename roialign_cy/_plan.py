@@ -146,8 +146,9 @@ def channel_share(n_threads: int, n_images: int, channels: int) -> int:
 def locality_order(coords: npt.NDArray[Any], batch_index: npt.NDArray[np.intp]
                    ) -> npt.NDArray[np.intp]:
     """The RoIs image by image, each image's by the y of their centres (stable; the boxes
-    are finite, _args checked them)."""
-    return np.lexsort((coords[:, 1] + coords[:, 3], batch_index)).astype(np.intp, copy=False)
+    are finite, _args checked them): rows x1, y1, x2, y2, or rotated cx, cy, w, h, angle."""
+    centre_y = coords[:, 1] if coords.shape[1] == 5 else coords[:, 1] + coords[:, 3]
+    return np.lexsort((centre_y, batch_index)).astype(np.intp, copy=False)
 
 
 def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,

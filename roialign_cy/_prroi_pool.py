@@ -86,7 +86,8 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out)
     if call.kernel_out.size:
         channels_first = not call.channels_last
-        plan = _plan.plan(call, num_threads, None, grouped=channels_first, packable=False)
+        plan = _plan.plan(call, num_threads, None, grouped=channels_first, packable=False,
+                          locality=True)
         if channels_first:
             plan = plan._replace(block=_forward_block(call.map_shape, call.values.itemsize,
                                                       plan.n_threads))

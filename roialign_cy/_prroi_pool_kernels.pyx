@@ -23,6 +23,7 @@ from roialign_cy._kernel_call cimport (
     kernel_call,
     make_geometry,
     n_block_items,
+    roi_of,
 )
 from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
@@ -207,10 +208,11 @@ cdef inline void bin_integrals(floating* acc, const floating* image, const Geome
                    wy, ny, wx, nx, g.channels, acc)
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Forward of a channels-last map, work item k: every bin of every channel of RoI k
+    """Forward of a channels-last map: every bin of every channel of the item's RoI k
     (channels innermost)."""
+    cdef Py_ssize_t k = roi_of(call, item)
     cdef const Geometry* g = &call.g
     cdef TentTable t = table_in(scratch.buffers[0], scratch.buffers[1], scratch.buffers[2], g,
                                 type_tag)

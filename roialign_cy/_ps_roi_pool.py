@@ -79,7 +79,8 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out,
                               position_sensitive=True)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, None, grouped=False, packable=False)
+        plan = _plan.plan(call, num_threads, None, grouped=False, packable=False,
+                          locality=True)
         _plan.run(KERNELS, "forward", build, call, plan, (call.kernel_out,), "ps_roi_pool")
     return _args.deliver(call)
 

@@ -15,6 +15,7 @@ from roialign_cy._kernel_call cimport (
     kernel_call,
     make_geometry,
     n_block_items,
+    roi_of,
 )
 from roialign_cy._pool_bins cimport PS_ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
@@ -60,10 +61,11 @@ cdef inline void bin_spread(floating* grad_plane, Py_ssize_t plane_step, Py_ssiz
                 grad_plane[c * plane_step + at] += share[c]
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every bin of every output channel of RoI k (bins outer, the
+    """Forward: every bin of every output channel of the item's RoI k (bins outer, the
     bin's output channels innermost)."""
+    cdef Py_ssize_t k = roi_of(call, item)
     cdef const Geometry* g = &call.g
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
     cdef floating* acc = <floating*>scratch.buffers[1]

@@ -21,6 +21,7 @@ from roialign_cy._kernel_call cimport (
     kernel_call_at,
     make_geometry,
     n_block_items,
+    roi_of,
 )
 from roialign_cy._roi_align_pool cimport (
     pool_packed_roi,
@@ -34,10 +35,9 @@ from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_sp
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Per-RoI forward: every channel of one RoI, the item-th in roi_order when the plan
-    gave one (RoIs by locality, _plan.LOCALITY_BYTES), else RoI `item`."""
+    """Per-RoI forward: every channel of the item's RoI k (roi_of)."""
     cdef const Geometry* g = &call.g
-    cdef Py_ssize_t k = item if call.roi_order == NULL else call.roi_order[item]
+    cdef Py_ssize_t k = roi_of(call, item)
     return pool_roi(<const floating*>call.values + call.batch_index[k] * g.image_stride,
                     <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale,
                     <floating*>call.result + k * g.out_roi_stride, g, &scratch.table,

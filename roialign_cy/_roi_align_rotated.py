@@ -161,7 +161,7 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
     call = _args.forward_call(input, boxes, output_size, spatial_scale, layout, out, n_coords=5)
     _prepare_boxes(call.coords, aligned, clockwise, degrees)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, variant, grouped=False)
+        plan = _plan.plan(call, num_threads, variant, grouped=False, locality=True)
         _plan.run(KERNELS, "forward", build, call, plan, (sampling_ratio, aligned, call.kernel_out),
                   "roi_align_rotated")
     return _args.deliver(call)

@@ -39,6 +39,7 @@ from roialign_cy._kernel_call cimport (
     kernel_call,
     make_geometry,
     n_block_items,
+    roi_of,
 )
 from roialign_cy._sample_table cimport (
     LONGEST_UNMERGED_RUN,
@@ -456,9 +457,10 @@ cdef inline void walk_bin(const RotatedRoI* r, const Geometry* g, Py_ssize_t ph,
         flush(r, g, image, acc, grad_image, grad_bin, c0, c1, offsets, weights, n)
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Forward, work item k: every channel of RoI k, bin by bin."""
+    """Forward: every channel of the item's RoI k, bin by bin."""
+    cdef Py_ssize_t k = roi_of(call, item)
     cdef const Geometry* g = &call.g
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride
     cdef floating* out_roi = <floating*>call.result + k * g.out_roi_stride

@@ -118,7 +118,7 @@ def forward(input: npt.ArrayLike, boxes: npt.ArrayLike, output_size: OutputSize,
         _args.check_argmax_fits(_n_pixels(call), "return_argmax")
         argmax = np.empty(call.kernel_out.shape, np.int32)
     if call.kernel_out.size:
-        plan = _plan.plan(call, num_threads, variant, grouped=False)
+        plan = _plan.plan(call, num_threads, variant, grouped=False, locality=True)
         _plan.run(KERNELS, "forward", build, call, plan, (call.kernel_out, argmax), "roi_pool")
     pooled = _args.deliver(call)
     return (pooled, argmax) if argmax is not None else pooled

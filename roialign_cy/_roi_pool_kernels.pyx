@@ -23,6 +23,7 @@ from roialign_cy._kernel_call cimport (
     kernel_call,
     make_geometry,
     n_block_items,
+    roi_of,
 )
 from roialign_cy._pool_bins cimport ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
@@ -159,9 +160,10 @@ cdef inline void unpool_max_plane(floating* grad_plane, const floating* grad_bin
                 grad_plane[best_offset] += grad_bins[(ph * g.pooled_w + pw) * g.out_bin_stride]
 
 
-cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t k,
+cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                       const floating* type_tag) noexcept nogil:
-    """Per-RoI forward, work item k: every channel of RoI k (and its arg-max indices)."""
+    """Per-RoI forward: every channel of the item's RoI k (and its arg-max indices)."""
+    cdef Py_ssize_t k = roi_of(call, item)
     cdef const Geometry* g = &call.g
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
     cdef const floating* image = <const floating*>call.values + call.batch_index[k] * g.image_stride

@@ -103,6 +103,41 @@ def test_locality_order_changes_no_bit(n_threads, mode, layout, monkeypatch):
     np.testing.assert_allclose(by_locality, expected, rtol=1e-5, atol=2e-5)
 
 
+def _forwards():
+    """Each other per-RoI forward the locality order applies to, as (name, call(features NCHW,
+    boxes (K, 5), layout))."""
+    import roialign_cy as ra
+
+    def rotated(features, boxes, layout):
+        centre = (boxes[:, 1:3] + boxes[:, 3:5]) / 2
+        size = np.abs(boxes[:, 3:5] - boxes[:, 1:3])
+        angle = np.linspace(-90, 90, len(boxes))[:, None]
+        rows = np.hstack([boxes[:, :1], centre, size, angle]).astype(features.dtype)
+        return ra.roi_align_rotated(features, rows, (3, 2), 0.5, 2, layout=layout)
+
+    return [
+        ("roi_pool", lambda f, b, layout: ra.roi_pool(f, b, (3, 2), 0.5, layout=layout,
+                                                      return_argmax=True)),
+        ("ps_roi_pool", lambda f, b, layout: ra.ps_roi_pool(f, b, (3, 2), 0.5, layout=layout)),
+        ("roi_align_rotated", rotated),
+        ("prroi_pool", lambda f, b, layout: ra.prroi_pool(f, b, (3, 2), 0.5, layout=layout)),
+    ]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("name, forward", _forwards(), ids=[n for n, _ in _forwards()])
+def test_locality_order_changes_no_bit_in_other_operators(name, forward, layout, monkeypatch):
+    """roi_pool, ps_roi_pool, roi_align_rotated and prroi_pool pool their RoIs by locality
+    too, with the given order's bits, each RoI in its own row."""
+    rng = np.random.default_rng(len(name))
+    features = to_layout(rng.standard_normal((3, 12, 12, 13)).astype(np.float32), layout)
+    boxes = random_boxes(rng, 3, 12, 13, 0.5, n_boxes=40).astype(np.float32)
+    given = forward(features, boxes, layout)
+    monkeypatch.setattr(_plan, "LOCALITY_BYTES", 0)
+    monkeypatch.setattr(_plan, "LOCALITY_ROIS", 1)
+    _assert_same(forward(features, boxes, layout), given, name)
+
+
 def test_locality_order_is_planned_only_for_big_maps():
     """Small maps (the caches hold them) and few RoIs keep the given order, at no cost;
     a map beyond LOCALITY_BYTES per image gets each image's RoIs by their centres' y."""
