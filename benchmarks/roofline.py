@@ -40,6 +40,8 @@ import timing
 import workloads
 from records import LAYOUTS
 
+from roialign_cy import _plan
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECTION = "## Roofline: this machine's limits and each workload against them"
 PROBE_SOURCE = os.path.join(HERE, "roofline_probe.c")
@@ -336,12 +338,18 @@ def tap_pixels(wl):
     """The 4 pixels every inside sample's taps read, in the kernels' order (RoI, bin row, bin
     column, sample row, sample column): flat (image, y, x) indices, (samples, 4) int32.
 
-    The same geometry as count_work (numpy_baseline's), so as many samples as it counts.
+    The same geometry as count_work (numpy_baseline's), so as many samples as it counts; the
+    RoIs in the order the per-RoI kernel pools them (by locality on a map the caches cannot
+    hold: _plan.LOCALITY_BYTES).
     """
-    n, _, height, width = wl.nchw_shape
+    n, channels, height, width = wl.nchw_shape
     pooled = wl.output_size
     coords = wl.boxes[:, 1:5]
     batch = wl.boxes[:, 0].astype(np.int64)
+    if (len(coords) >= _plan.LOCALITY_ROIS
+            and channels * height * width * FLOAT_BYTES >= _plan.LOCALITY_BYTES):
+        order = _plan.locality_order(coords, batch)
+        coords, batch = coords[order], batch[order]
     per_roi = 4 * numpy_baseline._samples_per_roi(coords, wl.spatial_scale, wl.aligned, pooled,
                                                   wl.sampling_ratio)
     parts = [np.zeros((0, TAPS), dtype=np.int32)]
@@ -653,7 +661,8 @@ def render(env, machine, caches, cache_source, compile_command, results, quick):
         "output fits in (read bandwidth used for the writes: optimistic). `binds`: the larger "
         "of the bounds. Tap reads alone (channels-last rows): measured, not derived: the probe "
         "(`probe_taps`) reads every sample's 4 taps, all channels, in the kernels' order "
-        "(RoI, bin, sample) from the same features, on the row's thread count, and only sums "
+        "(RoI, bin, sample; the RoIs by locality where the kernel pools them so) from the "
+        "same features, on the row's thread count, and only sums "
         "them: what the caches, prefetchers and DRAM give this access pattern, with nothing "
         "computed. Where it exceeds the memory bound, the taps' scattered reads, not the bytes "
         "alone, are the limit (a bound for this order of reads: another order could read "
