@@ -53,6 +53,35 @@ int probe_avx(void) {
 #endif
 }
 
+/* One thread's part of a timed loop: share t of nt, returning a value computed from all it
+ * did (timed_team sums them). */
+typedef double (*share_fn)(const void *context, int t, int nt);
+
+/* share(context, t, nt) on every thread of a team of `threads` (one without OpenMP), timed
+ * from a barrier once the whole team runs to a barrier after the last thread is done, into
+ * *seconds. Returns the sum of the shares' values. */
+static double timed_team(share_fn share, const void *context, int threads, double *seconds) {
+    double total = 0.0, start = 0.0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+#pragma omp barrier
+#pragma omp master
+        start = now();
+        total += share(context, omp_get_thread_num(), omp_get_num_threads());
+#pragma omp barrier
+#pragma omp master
+        *seconds = now() - start;
+    }
+#else
+    (void)threads;
+    start = now();
+    total = share(context, 0, 1);
+    *seconds = now() - start;
+#endif
+    return total;
+}
+
 /* Sum a[0:n) once: 8 independent accumulators (of 8 floats under AVX), so the adds' latency
  * does not limit the loads; the loads are the limit. */
 static float sum_once(const float *a, size_t n) {
@@ -89,40 +118,27 @@ static float sum_once(const float *a, size_t n) {
     return total;
 }
 
+struct read_job { const float *a; size_t n; long reps; };
+
+/* A thread's contiguous share of a[0:n), summed `reps` times. */
+static double read_share(const void *context, int t, int nt) {
+    const struct read_job *job = context;
+    /* Shares rounded to 64 floats (one vector loop step) so none has a scalar tail. */
+    size_t blocks = job->n / 64, first = blocks * t / nt * 64, last = blocks * (t + 1) / nt * 64;
+    double total = 0.0;
+    if (t == nt - 1)
+        last = job->n;
+    for (long r = 0; r < job->reps; r++)
+        total += sum_once(job->a + first, last - first);
+    return total;
+}
+
 /* Read a[0:n) `reps` times with `threads` threads, each summing its own contiguous share
  * every time (the repeats run inside one parallel region: no barrier between them, which at
  * L1 sizes would cost more than the reads). Returns the sum of all sums. */
 double probe_read(const float *a, size_t n, long reps, int threads, double *seconds) {
-    double total = 0.0, start = 0.0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp barrier
-#pragma omp master
-        start = now();
-#else
-    (void)threads;
-    start = now();
-    {
-        int t = 0, nt = 1;
-#endif
-        /* Shares rounded to 64 floats (one vector loop step) so none has a scalar tail. */
-        size_t blocks = n / 64, first = blocks * t / nt * 64, last = blocks * (t + 1) / nt * 64;
-        if (t == nt - 1)
-            last = n;
-        for (long r = 0; r < reps; r++)
-            total += sum_once(a + first, last - first);
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp master
-        *seconds = now() - start;
-#endif
-    }
-#ifndef _OPENMP
-    *seconds = now() - start;
-#endif
-    return total;
+    struct read_job job = {a, n, reps};
+    return timed_team(read_share, &job, threads, seconds);
 }
 
 /* The taps of one sample, channels-last: the `channels` floats of each of its 4 pixels,
@@ -152,6 +168,19 @@ static float sum_taps(const float *image, const int32_t *pixel, long channels) {
     return total;
 }
 
+struct taps_job { const float *image; const int32_t *pixels; long n_samples, channels, reps; };
+
+/* A thread's contiguous range of the samples, their taps summed `reps` times. */
+static double taps_share(const void *context, int t, int nt) {
+    const struct taps_job *job = context;
+    long first = job->n_samples * t / nt, last = job->n_samples * (t + 1) / nt;
+    double total = 0.0;
+    for (long r = 0; r < job->reps; r++)
+        for (long s = first; s < last; s++)
+            total += sum_taps(job->image, job->pixels + 4 * s, job->channels);
+    return total;
+}
+
 /* Read the taps of a workload's samples in its order: sample s reads pixels[4 s .. 4 s + 3]
  * (flat (image, y, x) indices into a channels-last map of `channels` floats a pixel). This is
  * the kernels' access pattern with nothing computed: what the memory system alone needs for
@@ -159,34 +188,8 @@ static float sum_taps(const float *image, const int32_t *pixel, long channels) {
  * split by RoI). Returns the sum of every tap. */
 double probe_taps(const float *image, const int32_t *pixels, long n_samples, long channels,
                   long reps, int threads, double *seconds) {
-    double total = 0.0, start = 0.0;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-    {
-        int t = omp_get_thread_num(), nt = omp_get_num_threads();
-#pragma omp barrier
-#pragma omp master
-        start = now();
-#else
-    (void)threads;
-    start = now();
-    {
-        int t = 0, nt = 1;
-#endif
-        long first = n_samples * t / nt, last = n_samples * (t + 1) / nt;
-        for (long r = 0; r < reps; r++)
-            for (long s = first; s < last; s++)
-                total += sum_taps(image, pixels + 4 * s, channels);
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp master
-        *seconds = now() - start;
-#endif
-    }
-#ifndef _OPENMP
-    *seconds = now() - start;
-#endif
-    return total;
+    struct taps_job job = {image, pixels, n_samples, channels, reps};
+    return timed_team(taps_share, &job, threads, seconds);
 }
 
 /* Peak multiply+add rate: `iters` steps of 12 independent chains x = x * m + c, one vmulps
@@ -194,62 +197,51 @@ double probe_taps(const float *image, const int32_t *pixels, long n_samples, lon
  * a 2-op, ~8-cycle-latency step keep two vector pipes busy. m = 1 and c = 0 arrive through
  * volatiles, so the values stay finite (no denormals) but the compiler cannot know it.
  * Every thread runs `iters` steps; 8 lanes x 2 flops x 12 chains per step and thread. */
-double probe_mul_add(long iters, int threads, double *seconds) {
+/* One thread's chains (see probe_mul_add); `context` points at the step count. */
+static double mul_add_share(const void *context, int t, int nt) {
     volatile float vm = 1.0f, vc = 0.0f;
     float m0 = vm, c0 = vc;
-    double total = 0.0, start = now();
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-#else
-    (void)threads;
-#endif
-    {
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp master
-        start = now();
-#endif
+    long iters = *(const long *)context;
+    double total = 0.0;
+    (void)t;
+    (void)nt;
 #if defined(__AVX__)
-        __m256 m = _mm256_set1_ps(m0), c = _mm256_set1_ps(c0);
-        __m256 x0 = _mm256_set1_ps(1.0f), x1 = _mm256_set1_ps(2.0f), x2 = _mm256_set1_ps(3.0f),
-               x3 = _mm256_set1_ps(4.0f), x4 = _mm256_set1_ps(5.0f), x5 = _mm256_set1_ps(6.0f),
-               x6 = _mm256_set1_ps(7.0f), x7 = _mm256_set1_ps(8.0f), x8 = _mm256_set1_ps(9.0f),
-               x9 = _mm256_set1_ps(10.0f), x10 = _mm256_set1_ps(11.0f),
-               x11 = _mm256_set1_ps(12.0f);
+    __m256 m = _mm256_set1_ps(m0), c = _mm256_set1_ps(c0);
+    __m256 x0 = _mm256_set1_ps(1.0f), x1 = _mm256_set1_ps(2.0f), x2 = _mm256_set1_ps(3.0f),
+           x3 = _mm256_set1_ps(4.0f), x4 = _mm256_set1_ps(5.0f), x5 = _mm256_set1_ps(6.0f),
+           x6 = _mm256_set1_ps(7.0f), x7 = _mm256_set1_ps(8.0f), x8 = _mm256_set1_ps(9.0f),
+           x9 = _mm256_set1_ps(10.0f), x10 = _mm256_set1_ps(11.0f),
+           x11 = _mm256_set1_ps(12.0f);
 #define STEP(x) x = _mm256_add_ps(_mm256_mul_ps(x, m), c)
-        for (long i = 0; i < iters; i++) {
-            STEP(x0); STEP(x1); STEP(x2); STEP(x3); STEP(x4); STEP(x5);
-            STEP(x6); STEP(x7); STEP(x8); STEP(x9); STEP(x10); STEP(x11);
-        }
-#undef STEP
-        __m256 s = _mm256_add_ps(
-            _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
-            _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)),
-                          _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11))));
-        float lanes[8];
-        _mm256_storeu_ps(lanes, s);
-        for (int k = 0; k < 8; k++)
-            total += lanes[k];
-#else
-        /* Scalar fallback: the same 12 chains, one float each (the compiler may vectorize). */
-        float m = m0, c = c0, x[12];
-        for (int k = 0; k < 12; k++)
-            x[k] = (float)(k + 1);
-        for (long i = 0; i < iters; i++)
-            for (int k = 0; k < 12; k++)
-                x[k] = x[k] * m + c;
-        for (int k = 0; k < 12; k++)
-            total += x[k];
-#endif
-#ifdef _OPENMP
-#pragma omp barrier
-#pragma omp master
-        *seconds = now() - start;
-#else
-        *seconds = now() - start;
-#endif
+    for (long i = 0; i < iters; i++) {
+        STEP(x0); STEP(x1); STEP(x2); STEP(x3); STEP(x4); STEP(x5);
+        STEP(x6); STEP(x7); STEP(x8); STEP(x9); STEP(x10); STEP(x11);
     }
+#undef STEP
+    __m256 s = _mm256_add_ps(
+        _mm256_add_ps(_mm256_add_ps(x0, x1), _mm256_add_ps(x2, x3)),
+        _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(x4, x5), _mm256_add_ps(x6, x7)),
+                      _mm256_add_ps(_mm256_add_ps(x8, x9), _mm256_add_ps(x10, x11))));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, s);
+    for (int k = 0; k < 8; k++)
+        total += lanes[k];
+#else
+    /* Scalar fallback: the same 12 chains, one float each (the compiler may vectorize). */
+    float m = m0, c = c0, x[12];
+    for (int k = 0; k < 12; k++)
+        x[k] = (float)(k + 1);
+    for (long i = 0; i < iters; i++)
+        for (int k = 0; k < 12; k++)
+            x[k] = x[k] * m + c;
+    for (int k = 0; k < 12; k++)
+        total += x[k];
+#endif
     return total;
+}
+
+double probe_mul_add(long iters, int threads, double *seconds) {
+    return timed_team(mul_add_share, &iters, threads, seconds);
 }
 
 /* Flops per step of probe_mul_add and thread: 2 (mul + add) x 12 chains x vector lanes. */
