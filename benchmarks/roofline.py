@@ -346,9 +346,8 @@ def tap_pixels(wl):
     pooled = wl.output_size
     coords = wl.boxes[:, 1:5]
     batch = wl.boxes[:, 0].astype(np.int64)
-    if (len(coords) >= _plan.LOCALITY_ROIS
-            and channels * height * width * FLOAT_BYTES >= _plan.LOCALITY_BYTES):
-        order = _plan.locality_order(coords, batch)
+    order = _plan.locality_order(coords, batch, channels * height * width * FLOAT_BYTES)
+    if order is not None:
         coords, batch = coords[order], batch[order]
     per_roi = 4 * numpy_baseline._samples_per_roi(coords, wl.spatial_scale, wl.aligned, pooled,
                                                   wl.sampling_ratio)

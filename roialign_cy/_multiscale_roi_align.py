@@ -97,13 +97,9 @@ def _level_plan(call: Any, level_of: npt.NDArray[np.intp], n_levels: int, num_th
                        n_levels * n_images)
         roi_order, level_first = _boxes.group_by_image(np.ascontiguousarray(key, np.intp),
                                                        n_levels * n_images + 1)
-    elif (len(call.coords) >= _plan.LOCALITY_ROIS
-          and max(int(np.prod(shape[1:])) for shape in shapes) * itemsize
-          >= _plan.LOCALITY_BYTES):
-        # The per-RoI forward on a pyramid whose largest level leaves the caches: level by
-        # level, image by image, by the centres' y (as _plan.locality_order for one map).
-        roi_order = np.lexsort((call.coords[:, 1] + call.coords[:, 3], call.batch_index,
-                                level_of)).astype(np.intp, copy=False)
+    elif len(call.coords) >= _plan.LOCALITY_ROIS:  # the per-RoI forward; small calls stop here
+        largest = max(int(np.prod(shape[1:])) for shape in shapes) * itemsize
+        roi_order = _plan.locality_order(call.coords, call.batch_index, largest, level_of)
     plan = _plan.Plan(n_threads, num_threads is None and n_threads > 1, packed, max(blocks),
                       roi_order, level_first)
     return plan, np.array(blocks, dtype=np.intp)

@@ -143,12 +143,19 @@ def channel_share(n_threads: int, n_images: int, channels: int) -> int:
     return -(-channels // shares)
 
 
-def locality_order(coords: npt.NDArray[Any], batch_index: npt.NDArray[np.intp]
-                   ) -> npt.NDArray[np.intp]:
-    """The RoIs image by image, each image's by the y of their centres (stable; the boxes
-    are finite, _args checked them): rows x1, y1, x2, y2, or rotated cx, cy, w, h, angle."""
+def locality_order(coords: npt.NDArray[Any], batch_index: npt.NDArray[np.intp],
+                   image_bytes: int, level_of: Optional[npt.NDArray[np.intp]] = None
+                   ) -> Optional[npt.NDArray[np.intp]]:
+    """The order a per-RoI forward pools its RoIs in, None for as given: on a map of at
+    least LOCALITY_BYTES an image (the largest level's, for a pyramid) and LOCALITY_ROIS
+    RoIs, image by image (level by level first when level_of is given), each image's by
+    the y of their centres (stable; the boxes are finite, _args checked them). Rows x1, y1,
+    x2, y2, or rotated cx, cy, w, h, angle."""
+    if len(coords) < LOCALITY_ROIS or image_bytes < LOCALITY_BYTES:
+        return None
     centre_y = coords[:, 1] if coords.shape[1] == 5 else coords[:, 1] + coords[:, 3]
-    return np.lexsort((centre_y, batch_index)).astype(np.intp, copy=False)
+    keys = (centre_y, batch_index) if level_of is None else (centre_y, batch_index, level_of)
+    return np.lexsort(keys).astype(np.intp, copy=False)
 
 
 def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,
@@ -183,9 +190,9 @@ def plan(call: Call, num_threads: Any, variant: Optional[str], grouped: bool,
         block = channel_share(n_threads, n_images, map_shape[3] if channels_last else map_shape[1])
     if packed or grouped:
         roi_order, image_first = _boxes.group_by_image(call.batch_index, n_images)
-    elif (locality and len(call.coords) >= LOCALITY_ROIS
-          and call.values.nbytes >= LOCALITY_BYTES * n_images):
-        roi_order = locality_order(call.coords, call.batch_index)
+    elif locality and len(call.coords) >= LOCALITY_ROIS:  # small calls stop at this test
+        roi_order = locality_order(call.coords, call.batch_index,
+                                   call.values.nbytes // max(n_images, 1))
     return _new(Plan, (n_threads, num_threads is None and n_threads > 1, packed, block,
                        roi_order, image_first))
 
