@@ -287,21 +287,17 @@ def _tap_lines(low, high, inside):
     return lines.reshape(len(lines), -1)
 
 
-def count_work(wl):
-    """What a roi_align forward of `wl` must do, counted from its boxes.
+def _axis_taps(wl, coords):
+    """Per chunk of RoIs (numpy_baseline's chunks): (rows, y_low, y_high, y_in, x_low, x_high,
+    x_in), each (k, bins, G): the tap rows/columns of every axis sample, and whether it is
+    inside the map.
 
     The sampling geometry is numpy_baseline's (torchvision's formula: adaptive grid
     ceil(roi / out) for sampling_ratio <= 0, boxes stretched to 1x1 when aligned=False, samples
-    outside [-1, H] x [-1, W] dropped). A sample is inside iff its y and its x are, so per RoI
-    the samples are (inside y samples) x (inside x samples) and the pixels their taps touch are
-    (their tap rows) x (their tap columns); the union over RoIs is marked in one flag per pixel.
+    outside [-1, H] x [-1, W] dropped).
     """
-    n, channels, height, width = wl.nchw_shape
+    _, _, height, width = wl.nchw_shape
     pooled = wl.output_size
-    coords = wl.boxes[:, 1:5]
-    batch = wl.boxes[:, 0].astype(np.int64)
-    touched = np.zeros(n * height * width + 1, dtype=bool)  # the last flag takes the misses
-    samples = 0
     # A RoI marks (2 x its y samples) x (2 x its x samples) pixels: 4x the padded samples.
     per_roi = 4 * numpy_baseline._samples_per_roi(coords, wl.spatial_scale, wl.aligned, pooled,
                                                   wl.sampling_ratio)
@@ -312,8 +308,22 @@ def count_work(wl):
         x_low, x_high, wx_low, wx_high = numpy_baseline._axis_taps(*x_axis, pooled[1], width)
         # _axis_taps gives a dropped sample (outside the map, or padding beyond the RoI's own
         # grid) weight 0 on both taps; a kept one's two weights sum to 1.
-        y_in = (wy_low + wy_high) > 0  # (k, PH, G)
-        x_in = (wx_low + wx_high) > 0
+        yield (rows, y_low, y_high, (wy_low + wy_high) > 0,
+               x_low, x_high, (wx_low + wx_high) > 0)
+
+
+def count_work(wl):
+    """What a roi_align forward of `wl` must do, counted from its boxes (_axis_taps).
+
+    A sample is inside iff its y and its x are, so per RoI the samples are (inside y samples)
+    x (inside x samples) and the pixels their taps touch are (their tap rows) x (their tap
+    columns); the union over RoIs is marked in one flag per pixel.
+    """
+    n, channels, height, width = wl.nchw_shape
+    batch = wl.boxes[:, 0].astype(np.int64)
+    touched = np.zeros(n * height * width + 1, dtype=bool)  # the last flag takes the misses
+    samples = 0
+    for rows, y_low, y_high, y_in, x_low, x_high, x_in in _axis_taps(wl, wl.boxes[:, 1:5]):
         samples += int(np.sum(y_in.sum(axis=(1, 2), dtype=np.int64)
                               * x_in.sum(axis=(1, 2), dtype=np.int64)))
         image_rows = _tap_lines(y_low, y_high, y_in)
@@ -334,43 +344,37 @@ def count_work(wl):
     }
 
 
+def _along_y(a):  # (k, PH, Gy) -> (k, PH, 1, Gy, 1)
+    return a[:, :, None, :, None]
+
+
+def _along_x(a):  # (k, PW, Gx) -> (k, 1, PW, 1, Gx)
+    return a[:, None, :, None, :]
+
+
 def tap_pixels(wl):
     """The 4 pixels every inside sample's taps read, in the kernels' order (RoI, bin row, bin
     column, sample row, sample column): flat (image, y, x) indices, (samples, 4) int32.
 
-    The same geometry as count_work (numpy_baseline's), so as many samples as it counts; the
-    RoIs in the order the per-RoI kernel pools them (by locality on a map the caches cannot
-    hold: _plan.LOCALITY_BYTES).
+    The same geometry as count_work (_axis_taps), so as many samples as it counts; the RoIs
+    in the order the per-RoI kernel pools them (by locality on a map the caches cannot hold:
+    _plan.LOCALITY_BYTES).
     """
-    n, channels, height, width = wl.nchw_shape
-    pooled = wl.output_size
+    _, channels, height, width = wl.nchw_shape
     coords = wl.boxes[:, 1:5]
     batch = wl.boxes[:, 0].astype(np.int64)
     order = _plan.locality_order(coords, batch, channels * height * width * FLOAT_BYTES)
     if order is not None:
         coords, batch = coords[order], batch[order]
-    per_roi = 4 * numpy_baseline._samples_per_roi(coords, wl.spatial_scale, wl.aligned, pooled,
-                                                  wl.sampling_ratio)
     parts = [np.zeros((0, TAPS), dtype=np.int32)]
-    for rows in numpy_baseline._chunks(np.arange(len(coords)), per_roi):
-        y_axis, x_axis, _ = numpy_baseline._roi_grids(coords[rows], wl.spatial_scale, wl.aligned,
-                                                      pooled, wl.sampling_ratio)
-        y_low, y_high, wy_low, wy_high = numpy_baseline._axis_taps(*y_axis, pooled[0], height)
-        x_low, x_high, wx_low, wx_high = numpy_baseline._axis_taps(*x_axis, pooled[1], width)
-
-        def along_y(a):  # (k, PH, Gy) -> (k, PH, 1, Gy, 1)
-            return a[:, :, None, :, None]
-
-        def along_x(a):  # (k, PW, Gx) -> (k, 1, PW, 1, Gx)
-            return a[:, None, :, None, :]
-
+    for rows, y_low, y_high, y_in, x_low, x_high, x_in in _axis_taps(wl, coords):
         image_rows = batch[rows][:, None, None, None, None] * height
-        low_row = (image_rows + along_y(y_low)) * width
-        high_row = (image_rows + along_y(y_high)) * width
-        taps = np.stack(np.broadcast_arrays(low_row + along_x(x_low), low_row + along_x(x_high),
-                                            high_row + along_x(x_low), high_row + along_x(x_high)),
-                        axis=-1)
-        inside = along_y((wy_low + wy_high) > 0) & along_x((wx_low + wx_high) > 0)
+        low_row = (image_rows + _along_y(y_low)) * width
+        high_row = (image_rows + _along_y(y_high)) * width
+        taps = np.stack(np.broadcast_arrays(
+            low_row + _along_x(x_low), low_row + _along_x(x_high),
+            high_row + _along_x(x_low), high_row + _along_x(x_high)), axis=-1)
+        inside = _along_y(y_in) & _along_x(x_in)
         parts.append(taps[np.broadcast_to(inside, taps.shape[:-1])].astype(np.int32))
     return np.ascontiguousarray(np.concatenate(parts))
 
