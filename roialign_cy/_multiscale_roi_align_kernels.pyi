@@ -14,12 +14,13 @@ def forward(features: _Array, channels_last: bool, boxes: _Array, batch_index: _
             roi_order: _Index | None, level_first: _Index | None, spatial_scale: float,
             pooled_height: int, pooled_width: int, sampling_ratio: int, aligned: bool,
             levels: List[_Array], level_of: _Index, scales: npt.NDArray[np.float64],
-            level_blocks: _Index, out: _Array, packed: bool, block: int, first_item: int, n_threads: int) -> int: ...
+            level_blocks: _Index, out: _Array, packed: bool, block: int, paused: _Index | None,
+            first_item: int, n_threads: int) -> int: ...
 def backward(grad_output: _Array, channels_last: bool, boxes: _Array, batch_index: _Index,
              roi_order: _Index, level_first: _Index, spatial_scale: float, pooled_height: int,
              pooled_width: int, sampling_ratio: int, aligned: bool, grad_levels: List[_Array],
              level_of: _Index, scales: npt.NDArray[np.float64], level_blocks: _Index,
              packed: bool, block: int,
-             first_item: int, n_threads: int) -> int: ...
+             paused: _Index | None, first_item: int, n_threads: int) -> int: ...
 
 KERNELS: Dict[str, Callable[..., int]]

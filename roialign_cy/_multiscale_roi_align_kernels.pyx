@@ -32,7 +32,15 @@ from roialign_cy._roi_align_pool cimport (
     unpool_roi,
 )
 from roialign_cy._sample_table cimport floating
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 cdef struct LevelCall:
@@ -88,12 +96,13 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
     cdef floating* packed = <floating*>scratch.buffers[0]
     cdef floating* pooled = <floating*>scratch.buffers[1]
     cdef Py_ssize_t block = m.blocks[level]
+    cdef Py_ssize_t last = call.image_first[group + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[group] == call.image_first[group + 1]:
+    if call.image_first[group] == last:
         return True
     pack_block(<const floating*>m.values[level] + it.image * g.image_stride, g,
                it.first_channel, it.n_channels, packed, block)
-    for j in range(call.image_first[group], call.image_first[group + 1]):
+    for j in range(resume_from(scratch, call.image_first[group]), last):
         k = call.roi_order[j]
         if not pool_packed_roi(packed, <const floating*>call.boxes + 4 * k,
                                <floating>m.scales[level], g, &scratch.table, pooled, False,
@@ -101,6 +110,8 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
             return False
         unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
                    it.n_channels, block)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -115,14 +126,17 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef const Geometry* g = &m.g[level]
     cdef Py_ssize_t group = level * call.g.n_images + it.image
     cdef floating* grad_image = <floating*>m.results[level] + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[group + 1]
     cdef Py_ssize_t j, k
-    for j in range(call.image_first[group], call.image_first[group + 1]):
+    for j in range(resume_from(scratch, call.image_first[group]), last):
         k = call.roi_order[j]
         if not unpool_roi(grad_image, <const floating*>call.values + k * g.out_roi_stride, NULL,
                           <const floating*>call.boxes + 4 * k, <floating>m.scales[level], g,
                           &scratch.table, False, it.first_channel,
                           it.first_channel + it.n_channels):
             return False
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -138,19 +152,25 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* packed = <floating*>scratch.buffers[0]
     cdef floating* roi_grad = <floating*>scratch.buffers[1]
     cdef Py_ssize_t block = m.blocks[level]
+    cdef floating* grad_image = <floating*>m.results[level] + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[group + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[group] == call.image_first[group + 1]:
+    if call.image_first[group] == last:
         return True  # no RoIs here: the zero gradient stays
-    memset(packed, 0, g.height * g.width * block * sizeof(floating))
-    for j in range(call.image_first[group], call.image_first[group + 1]):
+    if scratch.resuming:  # the sums so far, saved when the item paused (exact copies)
+        pack_block(grad_image, g, it.first_channel, it.n_channels, packed, block)
+    else:
+        memset(packed, 0, g.height * g.width * block * sizeof(floating))
+    for j in range(resume_from(scratch, call.image_first[group]), last):
         k = call.roi_order[j]
         if not unpool_packed_roi(packed, <const floating*>call.values + k * g.out_roi_stride,
                                  roi_grad, <const floating*>call.boxes + 4 * k,
                                  <floating>m.scales[level], g, &scratch.table,
                                  it.first_channel, it.n_channels, block):
             return False
-    unpack_block(packed, <floating*>m.results[level] + it.image * g.image_stride, g,
-                 it.first_channel, it.n_channels, block)
+        if pause_at(scratch, j + 1, last):
+            break
+    unpack_block(packed, grad_image, g, it.first_channel, it.n_channels, block)
     return True
 
 
@@ -159,13 +179,15 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                     const Py_ssize_t[::1] level_first, floating* result, list levels,
                     const Py_ssize_t[::1] level_of, const double[::1] scales,
                     const Py_ssize_t[::1] level_blocks, bint channels_last,
-                    Py_ssize_t pooled_h, Py_ssize_t pooled_w, Py_ssize_t sampling_ratio, bint aligned, bint backward, bint packed,
-                    Py_ssize_t block, Py_ssize_t first_item, int n_threads) except -2:
+                    Py_ssize_t pooled_h, Py_ssize_t pooled_w, Py_ssize_t sampling_ratio,
+                    bint aligned, bint backward, bint packed, Py_ssize_t block,
+                    Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads) except -2:
     """Fill the LevelCall and run the work items of the chosen kernel, without the GIL.
 
     levels: the per-level maps, read (forward) or written (backward), all of one dtype.
     """
     cdef Py_ssize_t n_levels = len(levels)
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t i, n_items, done
     cdef size_t largest = 0
     cdef size_t pixels
@@ -219,13 +241,13 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                                  &spec, n_threads)
             elif not backward:
                 done = run_items(forward_block[floating], &m.call, first_item, n_items,
-                                 &spec, n_threads)
+                                 &spec, n_threads, paused_at)
             elif not packed:
                 done = run_items(backward_share[floating], &m.call, first_item, n_items,
-                                 &spec, n_threads)
+                                 &spec, n_threads, paused_at)
             else:
                 done = run_items(backward_block[floating], &m.call, first_item, n_items,
-                                 &spec, n_threads)
+                                 &spec, n_threads, paused_at)
         return done
     finally:
         free(m.g)
@@ -240,8 +262,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, bint aligned, list levels,
             const Py_ssize_t[::1] level_of, const double[::1] scales,
-            const Py_ssize_t[::1] level_blocks, floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-            int n_threads):
+            const Py_ssize_t[::1] level_blocks, floating[:, :, :, ::1] out, bint packed,
+            Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Multi-level RoIAlign forward into `out`, one time slice of it (as roi_align's
     forward: the next item to run, 0 when done, -1 when out of memory).
 
@@ -255,7 +277,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     """
     return run(features, boxes, batch_index, roi_order, level_first, &out[0, 0, 0, 0],
                levels, level_of, scales, level_blocks, channels_last, pooled_height,
-               pooled_width, sampling_ratio, aligned, False, packed, block, first_item, n_threads)
+               pooled_width, sampling_ratio, aligned, False, packed, block, paused, first_item,
+               n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -264,7 +287,8 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              Py_ssize_t sampling_ratio, bint aligned, list grad_levels,
              const Py_ssize_t[::1] level_of, const double[::1] scales,
-             const Py_ssize_t[::1] level_blocks, bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+             const Py_ssize_t[::1] level_blocks, bint packed, Py_ssize_t block,
+             Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of the multi-level forward w.r.t. every level, accumulated into the zeroed
     per-level arrays `grad_levels`, one time slice of it (returns as forward does).
 
@@ -275,7 +299,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     """
     return run(grad_output, boxes, batch_index, roi_order, level_first, <floating*>NULL,
                grad_levels, level_of, scales, level_blocks, channels_last, pooled_height, pooled_width, sampling_ratio, aligned,
-               True, packed, block, first_item, n_threads)
+               True, packed, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

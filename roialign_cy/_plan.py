@@ -211,10 +211,13 @@ def run(table: _dispatch.KernelTable, direction: str, build: Optional[str], call
     """Run the operator's `direction` kernel for `build` (None: the default) on the plan's team.
 
     Every kernel takes one argument order: the call's arrays and geometry, then the
-    operator's own `operator_arguments`, then the plan, the first work item and the team size.
-    A kernel returns after a time slice with the next item to run (0: done), so a long call
-    reacts to Ctrl-C between slices (KeyboardInterrupt; `out` then holds partial results).
-    MemoryError naming `what` when the kernel could not allocate its scratch.
+    operator's own `operator_arguments`, then the plan, the paused list, the first work item
+    and the team size. A kernel returns after a time slice with the next item to run (0:
+    done), so a long call reacts to Ctrl-C between slices (KeyboardInterrupt; `out` then
+    holds partial results). Work items that walk an image's RoIs (the plan grouped them:
+    image_first) may pause inside a slice; the paused list carries them to the next one
+    (_work_items.run_items). MemoryError naming `what` when the kernel could not allocate
+    its scratch.
     """
     build = _dispatch.SIMD if build is None else _dispatch.check_build(build)
     kernel = table[direction, build, call.values.dtype]
@@ -224,9 +227,10 @@ def run(table: _dispatch.KernelTable, direction: str, build: Optional[str], call
             _SharedTeams.active += 1
             n_threads = max(1, n_threads // _SharedTeams.active)
     try:
+        paused = None if plan.image_first is None else np.zeros(1 + 2 * n_threads, np.intp)
         arguments = (call.values, call.channels_last, call.coords, call.batch_index,
                      plan.roi_order, plan.image_first, call.spatial_scale, *call.pooled,
-                     *operator_arguments, plan.packed, plan.block, 0, n_threads)
+                     *operator_arguments, plan.packed, plan.block, paused, 0, n_threads)
         next_item = kernel(*arguments)
         while next_item > 0:  # a long call, in time slices: Ctrl-C is seen between them
             _runtime.check_signals()

@@ -26,7 +26,15 @@ from roialign_cy._kernel_call cimport (
     roi_of,
 )
 from roialign_cy._sample_table cimport floating
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 cdef struct TentTable:
@@ -249,10 +257,11 @@ cdef bint forward_planes(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                                 type_tag)
     cdef floating* columns = <floating*>scratch.buffers[3]
     cdef const floating* image = <const floating*>call.values + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, ph, pw, c, x0, x1
     cdef floating area
     cdef floating* out_plane
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         out_plane = <floating*>call.result + k * g.out_roi_stride
         if not roi_tents(&t, <const floating*>call.boxes + 4 * k, call.spatial_scale, g):
@@ -271,6 +280,8 @@ cdef bint forward_planes(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                     out_plane[c * g.out_channel_stride + ph * g.pooled_w + pw] = weighted_sum(
                         columns + t.x_first[pw], <const floating*>t.wx + pw * g.width,
                         t.x_count[pw]) / area
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -313,10 +324,11 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                                 type_tag)
     cdef floating* share = <floating*>scratch.buffers[3]
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, ph, pw, b, c
     cdef const floating* grad_roi
     cdef floating area
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         if not roi_tents(&t, <const floating*>call.boxes + 4 * k, call.spatial_scale, g):
             continue  # a zero-area box sends no gradient
@@ -329,8 +341,11 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                     share[c] = grad_roi[(it.first_channel + c) * g.out_channel_stride
                                         + b * g.out_bin_stride] / area
                 bin_spread(grad_image + it.first_channel * g.channel_stride, g.channel_stride,
-                           it.n_channels, share, share + g.channels, g, <const floating*>t.wy + ph * g.height, t.y_first[ph],
-                           t.y_count[ph], <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw])
+                           it.n_channels, share, share + g.channels, g,
+                           <const floating*>t.wy + ph * g.height, t.y_first[ph], t.y_count[ph],
+                           <const floating*>t.wx + pw * g.width, t.x_first[pw], t.x_count[pw])
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -451,7 +466,8 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating* feature
                     const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
                     const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
                     double spatial_scale, floating* result, Geometry g, int direction,
-                    Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+                    Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+                    int n_threads):
     """Fill the KernelCall and run the work items of one direction (0 forward, 1 feature
     gradient, 2 box gradient), without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
@@ -461,6 +477,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating* feature
         0, 0, (g.pooled_h * g.height + g.pooled_w * g.width) * sizeof(floating),
         2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t),
         2 * (g.pooled_h + g.pooled_w) * sizeof(double), (2 * g.channels + g.width) * sizeof(floating))
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done
     with nogil:
         if direction == 0:
@@ -469,10 +486,10 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating* feature
                                  &spec, n_threads)
             else:
                 done = run_items(forward_planes[floating], &call, first_item,
-                                 n_block_items(&g, block), &spec, n_threads)
+                                 n_block_items(&g, block), &spec, n_threads, paused_at)
         elif direction == 1:
             done = run_items(backward_share[floating], &call, first_item,
-                             n_block_items(&g, block), &spec, n_threads)
+                             n_block_items(&g, block), &spec, n_threads, paused_at)
         else:
             done = run_items(box_backward_roi[floating], &call, first_item, boxes.shape[0],
                              &spec, n_threads)
@@ -483,8 +500,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-            floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-            int n_threads):
+            floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t[::1] paused,
+            Py_ssize_t first_item, int n_threads):
     """Precise RoI Pooling forward into `out`, one time slice of it (see
     _work_items.run_items): the next item to run from first_item on, 0 when done, -1 when
     out of memory. Work items: RoIs on a channels-last map; (image, block of `block`
@@ -493,7 +510,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef Geometry g = make_geometry(&features.shape[0], channels_last, pooled_height,
                                     pooled_width, 0, False)
     return run(features, NULL, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, 0, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, 0, block, paused, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -501,14 +518,14 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
-             Py_ssize_t first_item, int n_threads):
+             Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of prroi_pool w.r.t. the features (the adjoint of forward), accumulated into
     zeroed `grad_input`, one time slice of it (returns as forward does). Work items are
     (image, block of `block` channels): deterministic, no atomics."""
     cdef Geometry g = make_geometry(&grad_input.shape[0], channels_last, pooled_height,
                                     pooled_width, 0, False)
     return run(grad_output, NULL, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, 1, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, 1, block, paused, first_item, n_threads)
 
 
 def box_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -516,14 +533,15 @@ def box_backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
                  const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
                  double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                  const floating[:, :, :, ::1] features, floating[:, ::1] grad_boxes,
-                 bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+                 bint packed, Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+                 int n_threads):
     """Gradient of prroi_pool w.r.t. the box corners into (K, 5) `grad_boxes` (every row
     written: 0 in the batch column), one time slice of it (returns as forward does). One
     work item per RoI: each writes its own row."""
     cdef Geometry g = make_geometry(&features.shape[0], channels_last, pooled_height,
                                     pooled_width, 0, False)
     return run(grad_output, &features[0, 0, 0, 0], boxes, batch_index, roi_order, image_first,
-               spatial_scale, &grad_boxes[0, 0], g, 2, block, first_item, n_threads)
+               spatial_scale, &grad_boxes[0, 0], g, 2, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward, "box_backward": box_backward}

@@ -32,7 +32,15 @@ from roialign_cy._sample_table cimport (
     floating,
     sample_taps,
 )
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 # The packed backward (backward_packed) accumulates a group of bins at a time in a buffer of
@@ -211,7 +219,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef RoIGrid grid
     cdef floating count, inverse_count
     cdef floating* grad_plane
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, g.row_stride, g.col_stride, &grid):
@@ -235,6 +244,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                             form_shares(share, n, grad, weights[t], count, inverse_count)
                             for c in range(n):
                                 grad_plane[c * plane_step + offsets[t]] += share[c]
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -278,6 +289,57 @@ cdef inline char* cache_roi(char* cache, char* cache_end, const SampleTable* tab
     return cache + n_x * sizeof(AxisSample)
 
 
+cdef struct CachedRoI:
+    # One RoI's axis tables as a record of the RoI cache holds them (cache_roi).
+    double count
+    const Py_ssize_t* y_first
+    const Py_ssize_t* x_first
+    const AxisSample* y_samples
+    const AxisSample* x_samples
+
+
+cdef inline char* read_roi(char* record, const Geometry* g, CachedRoI* roi) noexcept nogil:
+    """The RoI cache's record at `record` (cache_roi's layout) into roi; the next record."""
+    roi.count = (<double*>record)[0]
+    roi.y_first = <const Py_ssize_t*>(record + sizeof(double))
+    roi.x_first = roi.y_first + g.pooled_h + 1
+    roi.y_samples = <const AxisSample*>(roi.x_first + g.pooled_w + 1)
+    roi.x_samples = roi.y_samples + roi.y_first[g.pooled_h]
+    return <char*>(roi.x_samples + roi.x_first[g.pooled_w])
+
+
+cdef inline void copy_group(floating* grad_image, floating* packed, const Geometry* g,
+                            Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t c0, Py_ssize_t c1,
+                            Py_ssize_t width, bint to_packed) noexcept nogil:
+    """Copy the packed gradients of bins [b0, b1) to the item's planes of grad_image
+    (to_packed False: a group written out), or back (True: a paused group's sums, resumed).
+    Exact copies both ways."""
+    cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
+    cdef Py_ssize_t n_pixels = g.height * g.width
+    cdef Py_ssize_t bin_size = n_pixels * width
+    cdef Py_ssize_t b, c, n, first_out, pixel
+    cdef floating* channel
+    cdef floating* row
+    if g.channels_last:  # pixel by pixel: each pixel's channels of the group at once
+        for pixel in range(n_pixels):
+            for b in range(b0, b1):
+                n = bin_channels(b, n_bins, c0, c1, &first_out)
+                channel = grad_image + pixel * g.col_stride + first_out * n_bins + b
+                row = packed + (b - b0) * bin_size + pixel * width
+                for c in range(n):
+                    if to_packed:
+                        row[c] = channel[c * n_bins]
+                    else:
+                        channel[c * n_bins] = row[c]
+        return
+    for b in range(b0, b1):  # channels-first: each bin's n planes, n_bins planes apart
+        n = bin_channels(b, n_bins, c0, c1, &first_out)
+        if n > 0:
+            transpose_planes(grad_image + (first_out * n_bins + b) * g.channel_stride,
+                             n_bins * g.channel_stride, packed + (b - b0) * bin_size,
+                             width, n, n_pixels, to_packed)
+
+
 cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
                           const floating* type_tag) noexcept nogil:
     """backward_share through small packed buffers: bins are taken a group at a time (a
@@ -289,16 +351,22 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     it (huge grids), the item runs as backward_share. Every element sums the same
     contributions in the same order (RoIs ascending, samples, taps) from 0: bit-identical to
     backward_share, and to torchvision.
+
+    The item's steps are (group, RoI) pairs, step b0 * n_rois + r for RoI r of the group
+    starting at bin b0: a paused item writes its group's sums out, and reads them back when
+    it resumes (exact copies, so the sums go on unchanged).
     """
     cdef const Geometry* g = &call.g
     cdef SampleTable* table = &scratch.table
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
-    cdef Py_ssize_t n_pixels = g.height * g.width
     cdef Py_ssize_t width = packed_width(g, call.block)
-    cdef Py_ssize_t bin_size = n_pixels * width
+    cdef Py_ssize_t bin_size = g.height * g.width * width
     cdef Py_ssize_t per_group = group_bins(g, call.block, sizeof(floating))
+    cdef Py_ssize_t first = call.image_first[it.image]
+    cdef Py_ssize_t n_rois = call.image_first[it.image + 1] - first
+    cdef Py_ssize_t step = resume_from(scratch, 0)
     cdef floating* grad = <floating*>scratch.buffers[0]
     cdef floating* share = grad + width
     cdef floating* packed = <floating*>scratch.buffers[1]
@@ -307,45 +375,42 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     cdef char* record
     cdef Py_ssize_t c0 = it.first_channel
     cdef Py_ssize_t c1 = it.first_channel + it.n_channels
-    cdef Py_ssize_t j, k, c, b, b0, b1, ph, pw, iy, ix, t, first_out, n, pixel
+    cdef Py_ssize_t j, k, c, b, b0, b1, r, ph, pw, iy, ix, t, first_out, n
     cdef Py_ssize_t offsets[4]
     cdef floating weights[4]
     cdef RoIGrid grid
+    cdef CachedRoI roi
     cdef floating count, inverse_count
-    cdef const Py_ssize_t* y_first
-    cdef const Py_ssize_t* x_first
-    cdef const AxisSample* y_samples
-    cdef const AxisSample* x_samples
     cdef floating* packed_bin
     cdef floating* row
-    cdef floating* channel
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if n_rois == 0:
         return True  # an image without RoIs keeps its zero gradient
     record = cache
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(first, first + n_rois):
         k = call.roi_order[j]
         # taps as offsets into a packed bin: pixel (y, x) at (y * W + x) * width
         if not roi_samples(table, <const floating*>call.boxes + 4 * k,
                            <floating>call.spatial_scale, g, g.width * width, width, &grid):
             return False
         record = cache_roi(record, cache_end, table, g, <floating>grid.count)
-        if record == NULL:  # the RoIs' tables do not fit the cache
+        if record == NULL:  # the RoIs' tables do not fit the cache (steps: backward_share's)
             return backward_share(call, scratch, item, type_tag)
-    b1 = 0
+    b1 = step // n_rois
     while b1 < n_bins:  # bins [b0, b1): one group
         b0 = b1
         b1 = b0 + per_group if b0 + per_group < n_bins else n_bins
-        memset(packed, 0, (b1 - b0) * bin_size * sizeof(floating))
         record = cache
-        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
-            k = call.roi_order[j]
-            count = <floating>(<double*>record)[0]
+        if step > b0 * n_rois:  # resumed inside this group: its sums so far, and its RoIs
+            copy_group(grad_image, packed, g, b0, b1, c0, c1, width, True)
+            for r in range(step - b0 * n_rois):
+                record = read_roi(record, g, &roi)
+        else:
+            memset(packed, 0, (b1 - b0) * bin_size * sizeof(floating))
+        for r in range(step - b0 * n_rois if step > b0 * n_rois else 0, n_rois):
+            k = call.roi_order[first + r]
+            record = read_roi(record, g, &roi)
+            count = <floating>roi.count
             inverse_count = exact_inverse(count)
-            y_first = <const Py_ssize_t*>(record + sizeof(double))
-            x_first = y_first + g.pooled_h + 1
-            y_samples = <const AxisSample*>(x_first + g.pooled_w + 1)
-            x_samples = y_samples + y_first[g.pooled_h]
-            record = <char*>(x_samples + x_first[g.pooled_w])
             for b in range(b0, b1):
                 n = bin_channels(b, n_bins, c0, c1, &first_out)
                 if n <= 0:
@@ -354,29 +419,22 @@ cdef bint backward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t i
                 pw = b % g.pooled_w
                 gather_grad(grad, call, k, b, first_out, n)
                 packed_bin = packed + (b - b0) * bin_size
-                for iy in range(y_first[ph], y_first[ph + 1]):
-                    for ix in range(x_first[pw], x_first[pw + 1]):
-                        sample_taps(&y_samples[iy], &x_samples[ix], False, offsets, weights)
+                for iy in range(roi.y_first[ph], roi.y_first[ph + 1]):
+                    for ix in range(roi.x_first[pw], roi.x_first[pw + 1]):
+                        sample_taps(&roi.y_samples[iy], &roi.x_samples[ix], False, offsets,
+                                    weights)
                         for t in range(4):  # tap by tap: two may be one pixel (borders)
                             form_shares(share, n, grad, weights[t], count, inverse_count)
                             row = packed_bin + offsets[t]
                             for c in range(n):
                                 row[c] += share[c]
-        if g.channels_last:  # pixel by pixel: each pixel's channels of the group at once
-            for pixel in range(n_pixels):
-                for b in range(b0, b1):
-                    n = bin_channels(b, n_bins, c0, c1, &first_out)
-                    channel = grad_image + pixel * g.col_stride + first_out * n_bins + b
-                    row = packed + (b - b0) * bin_size + pixel * width
-                    for c in range(n):
-                        channel[c * n_bins] = row[c]
-            continue
-        for b in range(b0, b1):  # channels-first: each bin's n planes, n_bins planes apart
-            n = bin_channels(b, n_bins, c0, c1, &first_out)
-            if n > 0:
-                transpose_planes(grad_image + (first_out * n_bins + b) * g.channel_stride,
-                                 n_bins * g.channel_stride, packed + (b - b0) * bin_size,
-                                 width, n, n_pixels, False)
+            if pause_at(scratch, b0 * n_rois + r + 1, (b0 + 1) * n_rois):
+                copy_group(grad_image, packed, g, b0, b1, c0, c1, width, False)
+                return True
+        copy_group(grad_image, packed, g, b0, b1, c0, c1, width, False)
+        step = b1 * n_rois
+        if pause_at(scratch, step, n_bins * n_rois):
+            return True
     return True
 
 
@@ -411,10 +469,7 @@ cdef bint forward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating weights[4]
     cdef RoIGrid grid
     cdef floating count, w1, w2, w3, w4
-    cdef const Py_ssize_t* y_first
-    cdef const Py_ssize_t* x_first
-    cdef const AxisSample* y_samples
-    cdef const AxisSample* x_samples
+    cdef CachedRoI roi
     cdef const floating* packed_bin
     cdef const floating* p1
     cdef const floating* p2
@@ -458,12 +513,8 @@ cdef bint forward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t it
         record = cache
         for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
             k = call.roi_order[j]
-            count = <floating>(<double*>record)[0]
-            y_first = <const Py_ssize_t*>(record + sizeof(double))
-            x_first = y_first + g.pooled_h + 1
-            y_samples = <const AxisSample*>(x_first + g.pooled_w + 1)
-            x_samples = y_samples + y_first[g.pooled_h]
-            record = <char*>(x_samples + x_first[g.pooled_w])
+            record = read_roi(record, g, &roi)
+            count = <floating>roi.count
             for b in range(b0, b1):
                 n = bin_channels(b, n_bins, c0, c1, &first_out)
                 if n <= 0:
@@ -473,9 +524,10 @@ cdef bint forward_packed(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                 packed_bin = packed + (b - b0) * bin_size
                 for c in range(n):
                     acc[c] = 0
-                for iy in range(y_first[ph], y_first[ph + 1]):
-                    for ix in range(x_first[pw], x_first[pw + 1]):
-                        sample_taps(&y_samples[iy], &x_samples[ix], False, offsets, weights)
+                for iy in range(roi.y_first[ph], roi.y_first[ph + 1]):
+                    for ix in range(roi.x_first[pw], roi.x_first[pw + 1]):
+                        sample_taps(&roi.y_samples[iy], &roi.x_samples[ix], False, offsets,
+                                    weights)
                         p1 = packed_bin + offsets[0]
                         p2 = packed_bin + offsets[1]
                         p3 = packed_bin + offsets[2]
@@ -506,11 +558,11 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                     const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
                     const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
                     Geometry g, bint backward, bint packed_forward, Py_ssize_t block,
-                    Py_ssize_t first_item, int n_threads):
+                    Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL.
 
     packed_forward: the forward may use forward_packed (the wrapper says no for long calls,
-    whose work items must be RoIs to run in time slices).
+    whose work items must be RoIs to run in time slices: forward_packed does not pause).
     """
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
@@ -523,6 +575,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
         backward or packed_forward and not g.channels_last)
     cdef ScratchSpec spec
     cdef Py_ssize_t n_items = n_block_items(&g, block)
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done
     # axis tables; one bin's accumulators (forward) or gradients and shares (backward), for
     # either kernel; the packed kernels' group of bins and RoI cache
@@ -538,10 +591,10 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                              &spec, n_threads)
         elif packed:
             done = run_items(backward_packed[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
         else:
             done = run_items(backward_share[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
     return done
 
 
@@ -550,7 +603,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, floating[:, :, :, ::1] out, bint packed,
-            Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+            Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Position-sensitive RoIAlign forward into `out`, one time slice of it (see
     _work_items.run_items): the next item to run from first_item on, 0 when done, -1 when
     out of memory.
@@ -564,7 +617,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef Geometry g = ps_geometry(features.shape, channels_last, pooled_height, pooled_width,
                                   sampling_ratio)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, False, packed, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, False, packed, block, paused, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -572,7 +625,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              Py_ssize_t sampling_ratio, floating[:, :, :, ::1] grad_input, bint packed,
-             Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+             Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of ps_roi_align w.r.t. the features, accumulated into zeroed `grad_input`,
     one time slice of it (returns as forward does).
 
@@ -582,7 +635,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     cdef Geometry g = ps_geometry(grad_input.shape, channels_last, pooled_height,
                                   pooled_width, sampling_ratio)
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, True, True, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, True, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

@@ -19,7 +19,15 @@ from roialign_cy._kernel_call cimport (
 )
 from roialign_cy._pool_bins cimport PS_ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 cdef inline void bin_means(floating* out_bin, Py_ssize_t out_step, const floating* plane,
@@ -102,9 +110,10 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef Py_ssize_t c0 = it.first_channel
     cdef Py_ssize_t c1 = it.first_channel + it.n_channels
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, b, ph, pw, first_out, n
     cdef const floating* grad_roi
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
                  PS_ROI_POOL_BINS)
@@ -124,6 +133,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                            grad_roi + first_out * g.out_channel_stride + b * g.out_bin_stride,
                            g.out_channel_stride, g, bins.y_start[ph], bins.y_end[ph],
                            bins.x_start[pw], bins.x_end[pw], share)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -141,8 +152,8 @@ cdef Geometry ps_geometry(const Py_ssize_t* shape, bint channels_last, Py_ssize_
 cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] boxes,
                     const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
                     const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
-                    Geometry g, bint backward, Py_ssize_t block, Py_ssize_t first_item,
-                    int n_threads):
+                    Geometry g, bint backward, Py_ssize_t block, Py_ssize_t[::1] paused,
+                    Py_ssize_t first_item, int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
@@ -151,6 +162,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                                          g.channels // (g.pooled_h * g.pooled_w)
                                          * sizeof(floating))
     cdef Py_ssize_t n_items = n_block_items(&g, block)
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done
     with nogil:
         if not backward:
@@ -158,7 +170,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                              &spec, n_threads)
         else:
             done = run_items(backward_share[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
     return done
 
 
@@ -166,8 +178,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const floating[:, ::1] boxes, const Py_ssize_t[::1] batch_index,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
-            floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-            int n_threads):
+            floating[:, :, :, ::1] out, bint packed, Py_ssize_t block, Py_ssize_t[::1] paused,
+            Py_ssize_t first_item, int n_threads):
     """Position-sensitive RoIPool forward into `out`, one time slice of it (see
     _work_items.run_items): the next item to run from first_item on, 0 when done, -1 when
     out of memory.
@@ -178,7 +190,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     """
     cdef Geometry g = ps_geometry(features.shape, channels_last, pooled_height, pooled_width)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, False, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, False, block, paused, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -186,7 +198,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
-             Py_ssize_t first_item, int n_threads):
+             Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of ps_roi_pool w.r.t. the features (the adjoint of forward), accumulated into
     zeroed `grad_input`, one time slice of it (returns as forward does).
 
@@ -194,7 +206,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     """
     cdef Geometry g = ps_geometry(grad_input.shape, channels_last, pooled_height, pooled_width)
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, True, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

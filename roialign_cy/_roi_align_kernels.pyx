@@ -30,7 +30,15 @@ from roialign_cy._roi_align_pool cimport (
     unpool_roi,
 )
 from roialign_cy._sample_table cimport floating
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 cdef bint forward_roi(const KernelCall* call, Scratch* scratch, Py_ssize_t item,
@@ -55,12 +63,13 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* packed = <floating*>scratch.buffers[0]
     cdef floating* pooled = <floating*>scratch.buffers[1]
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True
     pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
                it.n_channels, packed, call.block)
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         if not pool_packed_roi(packed, <const floating*>call.boxes + 4 * k,
                                <floating>call.spatial_scale, g, &scratch.table, pooled,
@@ -68,6 +77,8 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
             return False
         unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
                    it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -82,16 +93,19 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef const floating* image = NULL
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
     if call.max_mode:
         image = <const floating*>call.features + it.image * g.image_stride
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         if not unpool_roi(grad_image, <const floating*>call.values + k * g.out_roi_stride, image,
                           <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
                           &scratch.table, call.max_mode, it.first_channel,
                           it.first_channel + it.n_channels):
             return False
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -103,19 +117,25 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef floating* packed = <floating*>scratch.buffers[0]
     cdef floating* roi_grad = <floating*>scratch.buffers[1]
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True  # an image without RoIs keeps its zero gradient
-    memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    if scratch.resuming:  # the sums so far, saved when the item paused (exact copies)
+        pack_block(grad_image, g, it.first_channel, it.n_channels, packed, call.block)
+    else:
+        memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         if not unpool_packed_roi(packed, <const floating*>call.values + k * g.out_roi_stride,
                                  roi_grad, <const floating*>call.boxes + 4 * k,
                                  <floating>call.spatial_scale, g, &scratch.table,
                                  it.first_channel, it.n_channels, call.block):
             return False
-    unpack_block(packed, <floating*>call.result + it.image * g.image_stride, g, it.first_channel,
-                 it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
+    unpack_block(packed, grad_image, g, it.first_channel, it.n_channels, call.block)
     return True
 
 
@@ -123,8 +143,8 @@ cdef Py_ssize_t run(const floating* values, const floating* boxes, Py_ssize_t n_
                     const Py_ssize_t* batch_index, const Py_ssize_t* roi_order,
                     const Py_ssize_t* image_first, double spatial_scale, bint max_mode,
                     const floating* features, floating* result, Geometry g,
-                    bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-                    int n_threads) noexcept:
+                    bint backward, bint packed, Py_ssize_t block, Py_ssize_t* paused,
+                    Py_ssize_t first_item, int n_threads) noexcept:
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call_at(g, values, result, features, boxes, batch_index,
                                           roi_order, image_first, spatial_scale, block)
@@ -143,13 +163,13 @@ cdef Py_ssize_t run(const floating* values, const floating* boxes, Py_ssize_t n_
             done = run_items(forward_roi[floating], &call, first_item, n_rois, &spec, n_threads)
         elif not backward:
             done = run_items(forward_block[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused)
         elif not packed:
             done = run_items(backward_share[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused)
         else:
             done = run_items(backward_block[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused)
     return done
 
 
@@ -158,7 +178,8 @@ cdef Py_ssize_t enter(object values, bint channels_last, object boxes, object ba
                       Py_ssize_t pooled_height, Py_ssize_t pooled_width,
                       Py_ssize_t sampling_ratio, bint aligned, bint max_mode, object features,
                       floating[:, :, :, ::1] result, bint backward, bint packed,
-                      Py_ssize_t block, Py_ssize_t first_item, int n_threads) except -2:
+                      Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+                      int n_threads) except -2:
     """Hold the call's arrays as raw buffers (_buffers), check that they agree with the
     result's shape, and run. `result`, the one typed memoryview, picks the float type."""
     cdef HeldBuffers held
@@ -217,7 +238,7 @@ cdef Py_ssize_t enter(object values, bint channels_last, object boxes, object ba
                                  "the features and the output size")
         return run(values_at, boxes_at, n_rois, batch_index_at, roi_order_at, image_first_at,
                    spatial_scale, max_mode, features_at, &result[0, 0, 0, 0], g, backward,
-                   packed, block, first_item, n_threads)
+                   packed, block, paused_list(paused, n_threads), first_item, n_threads)
     finally:
         release(&held)
 
@@ -225,7 +246,8 @@ cdef Py_ssize_t enter(object values, bint channels_last, object boxes, object ba
 def forward(features, bint channels_last, boxes, batch_index, roi_order, image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, bint aligned, bint max_mode, floating[:, :, :, ::1] out,
-            bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+            bint packed, Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+            int n_threads):
     """RoIAlign forward into `out`, one time slice of it (see _work_items.run_items): the
     next item to run from first_item on, 0 when done, -1 when out of memory.
 
@@ -233,18 +255,19 @@ def forward(features, bint channels_last, boxes, batch_index, roi_order, image_f
     float type; batch_index (K,) intp; out (K, C, PH, PW) or (K, PH, PW, C). Per RoI unless
     `packed`: then work items are (image, block of `block` channels), with
     roi_order/image_first grouping the RoIs by image. Per RoI, roi_order (image_first None)
-    is the order to pool the RoIs in, or None for 0..K-1. All C-contiguous.
+    is the order to pool the RoIs in, or None for 0..K-1. All C-contiguous. paused: the
+    call's paused list (run_items), kept between its slices; None where items are RoIs.
     """
     return enter(features, channels_last, boxes, batch_index, roi_order, image_first,
                  spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, max_mode,
-                 None, out, False, packed, block, first_item, n_threads)
+                 None, out, False, packed, block, paused, first_item, n_threads)
 
 
 def backward(grad_output, bint channels_last, boxes, batch_index, roi_order, image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              Py_ssize_t sampling_ratio, bint aligned, bint max_mode, features,
              floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
-             Py_ssize_t first_item, int n_threads):
+             Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of roi_align w.r.t. the features, accumulated into zeroed `grad_input`, one
     time slice of it (returns as forward does).
 
@@ -255,8 +278,8 @@ def backward(grad_output, bint channels_last, boxes, batch_index, roi_order, ima
     """
     return enter(grad_output, channels_last, boxes, batch_index, roi_order, image_first,
                  spatial_scale, pooled_height, pooled_width, sampling_ratio, aligned, max_mode,
-                 features, grad_input, True, packed and not max_mode, block, first_item,
-                 n_threads)
+                 features, grad_input, True, packed and not max_mode, block, paused,
+                 first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

@@ -49,7 +49,15 @@ from roialign_cy._sample_table cimport (
     passed,
     sample_coordinate,
 )
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 cdef enum:
     CHUNK = 256          # taps gathered at once (per thread: 4 offsets and 4 weights each)
@@ -497,8 +505,9 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* weights = <floating*>scratch.buffers[1]
     cdef const floating* grad_roi
     cdef RotatedRoI r
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, ph, pw
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         r = rotated_roi(<const floating*>call.boxes + 5 * k, <floating>call.spatial_scale, g)
         grad_roi = <const floating*>call.values + k * g.out_roi_stride
@@ -507,6 +516,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                 walk_bin(&r, g, ph, pw, <const floating*>NULL, <floating*>NULL, grad_image,
                          grad_roi + (ph * g.pooled_w + pw) * g.out_bin_stride, it.first_channel,
                          it.first_channel + it.n_channels, offsets, weights)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -535,12 +546,13 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
     cdef Py_ssize_t n_bins = g.pooled_h * g.pooled_w
     cdef RotatedRoI r
     cdef floating count
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, ph, pw, i
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True
     pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
                it.n_channels, packed, call.block)
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         r = rotated_roi(<const floating*>call.boxes + 5 * k, <floating>call.spatial_scale, g)
         count = <floating>r.count
@@ -554,6 +566,8 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
             pooled[i] = pooled[i] / count
         unpack_roi(pooled, <floating*>call.result + k * g.out_roi_stride, g, it.first_channel,
                    it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -568,12 +582,17 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* weights = <floating*>scratch.buffers[1]
     cdef floating* roi_grad = <floating*>scratch.buffers[2]
     cdef floating* packed = <floating*>scratch.buffers[3]
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef RotatedRoI r
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, ph, pw
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True  # an image without RoIs keeps its zero gradient
-    memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    if scratch.resuming:  # the sums so far, saved when the item paused (exact copies)
+        pack_block(grad_image, g, it.first_channel, it.n_channels, packed, call.block)
+    else:
+        memset(packed, 0, g.height * g.width * call.block * sizeof(floating))
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         r = rotated_roi(<const floating*>call.boxes + 5 * k, <floating>call.spatial_scale, g)
         pack_roi(<const floating*>call.values + k * g.out_roi_stride, roi_grad, g,
@@ -583,8 +602,9 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                 walk_bin(&r, &pg, ph, pw, <const floating*>NULL, <floating*>NULL, packed,
                          roi_grad + (ph * g.pooled_w + pw) * call.block, 0, call.block,
                          offsets, weights)
-    unpack_block(packed, <floating*>call.result + it.image * g.image_stride, g, it.first_channel,
-                 it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
+    unpack_block(packed, grad_image, g, it.first_channel, it.n_channels, call.block)
     return True
 
 
@@ -592,13 +612,14 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                     const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
                     const Py_ssize_t[::1] image_first, double spatial_scale, floating* result,
                     Geometry g, bint backward, bint packed, Py_ssize_t block,
-                    Py_ssize_t first_item, int n_threads):
+                    Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, NULL, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
     cdef size_t taps = 4 * CHUNK * sizeof(Py_ssize_t)
     cdef size_t tap_weights = 4 * CHUNK * sizeof(floating)
     cdef ScratchSpec spec
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done
     if packed:  # a pooled (or gradient) block of one RoI and a packed block of the map
         spec = scratch_spec(0, 0, taps, tap_weights,
@@ -610,13 +631,13 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     with nogil:
         if packed and backward:
             done = run_items(backward_block[floating], &call, first_item,
-                             n_block_items(&g, block), &spec, n_threads)
+                             n_block_items(&g, block), &spec, n_threads, paused_at)
         elif packed:
             done = run_items(forward_block[floating], &call, first_item,
-                             n_block_items(&g, block), &spec, n_threads)
+                             n_block_items(&g, block), &spec, n_threads, paused_at)
         elif backward:
             done = run_items(backward_share[floating], &call, first_item,
-                             n_block_items(&g, block), &spec, n_threads)
+                             n_block_items(&g, block), &spec, n_threads, paused_at)
         else:
             done = run_items(forward_roi[floating], &call, first_item, boxes.shape[0], &spec,
                              n_threads)
@@ -628,7 +649,8 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] out,
-            bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+            bint packed, Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+            int n_threads):
     """Rotated RoIAlign forward into `out`, one time slice of it (see _work_items.run_items):
     the next item to run from first_item on, 0 when done, -1 when out of memory.
 
@@ -640,7 +662,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     cdef Geometry g = make_geometry(features.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &out[0, 0, 0, 0], g, False, packed, block, first_item, n_threads)
+               &out[0, 0, 0, 0], g, False, packed, block, paused, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -648,7 +670,8 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              Py_ssize_t sampling_ratio, bint aligned, floating[:, :, :, ::1] grad_input,
-             bint packed, Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+             bint packed, Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item,
+             int n_threads):
     """Gradient of roi_align_rotated w.r.t. the features, accumulated into zeroed
     `grad_input`, one time slice of it (returns as forward does).
 
@@ -658,7 +681,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     cdef Geometry g = make_geometry(grad_input.shape, channels_last, pooled_height,
                                     pooled_width, sampling_ratio, aligned)
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
-               &grad_input[0, 0, 0, 0], g, True, packed, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, packed, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

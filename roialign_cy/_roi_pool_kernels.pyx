@@ -27,7 +27,15 @@ from roialign_cy._kernel_call cimport (
 )
 from roialign_cy._pool_bins cimport ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
-from roialign_cy._work_items cimport Scratch, ScratchSpec, run_items, scratch_spec
+from roialign_cy._work_items cimport (
+    Scratch,
+    ScratchSpec,
+    pause_at,
+    paused_list,
+    resume_from,
+    run_items,
+    scratch_spec,
+)
 
 
 cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
@@ -192,12 +200,13 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
     cdef floating* packed = <floating*>scratch.buffers[1]
     cdef floating* pooled = <floating*>scratch.buffers[2]
     cdef int32_t* pooled_at = <int32_t*>scratch.buffers[3]
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True
     pack_block(<const floating*>call.values + it.image * g.image_stride, g, it.first_channel,
                it.n_channels, packed, call.block)
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
                  ROI_POOL_BINS)
@@ -207,6 +216,8 @@ cdef bint forward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t ite
         if call.argmax != NULL:
             unpack_roi(pooled_at, call.argmax + k * g.out_roi_stride, g, it.first_channel,
                        it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -222,8 +233,9 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef const floating* image = <const floating*>call.features + it.image * g.image_stride
     cdef const floating* grad_roi
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, c
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
                  ROI_POOL_BINS)
@@ -232,10 +244,13 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
             unpool_max_channels_last(grad_image, grad_roi, image, g, &bins, g.channels,
                                      it.first_channel, it.first_channel + it.n_channels, best,
                                      best_at)
-            continue
-        for c in range(it.first_channel, it.first_channel + it.n_channels):
-            unpool_max_plane(grad_image + c * g.channel_stride, grad_roi + c * g.out_channel_stride,
-                             image + c * g.channel_stride, g, &bins)
+        else:
+            for c in range(it.first_channel, it.first_channel + it.n_channels):
+                unpool_max_plane(grad_image + c * g.channel_stride,
+                                 grad_roi + c * g.out_channel_stride,
+                                 image + c * g.channel_stride, g, &bins)
+        if pause_at(scratch, j + 1, last):
+            break
     return True
 
 
@@ -246,7 +261,8 @@ cdef bint backward_argmax(const KernelCall* call, Scratch* scratch, Py_ssize_t i
 
     Every element sums its RoIs ascending, then bins: torchvision's order, deterministic.
     The indices are the caller's memory, so each is checked where it is used: one outside
-    [0, H * W) (-1: an empty bin) sends nothing.
+    [0, H * W) (-1: an empty bin) sends nothing. Steps: RoIs (channels-last), channel
+    planes (channels-first).
     """
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
@@ -256,9 +272,10 @@ cdef bint backward_argmax(const KernelCall* call, Scratch* scratch, Py_ssize_t i
     cdef Py_ssize_t c1 = it.first_channel + it.n_channels
     cdef const floating* grad_out = <const floating*>call.values
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k, c, b, at, element
     if g.channels_last:  # RoIs, bins, then the contiguous channels
-        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+        for j in range(resume_from(scratch, call.image_first[it.image]), last):
             k = call.roi_order[j]
             for b in range(n_bins):
                 element = k * g.out_roi_stride + b * g.out_bin_stride
@@ -266,17 +283,21 @@ cdef bint backward_argmax(const KernelCall* call, Scratch* scratch, Py_ssize_t i
                     at = <Py_ssize_t>call.argmax[element + c]
                     if at >= 0 and at < n_pixels:
                         grad_image[at * g.col_stride + c] += grad_out[element + c]
+            if pause_at(scratch, j + 1, last):
+                break
         return True
     # Channels-first: one channel plane at a time, so it stays in cache while every RoI of
     # the image scatters into it (each element still sums RoIs, then bins).
-    for c in range(c0, c1):
-        for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    for c in range(resume_from(scratch, c0), c1):
+        for j in range(call.image_first[it.image], last):
             k = call.roi_order[j]
             element = k * g.out_roi_stride + c * g.out_channel_stride
             for b in range(n_bins):
                 at = <Py_ssize_t>call.argmax[element + b]
                 if at >= 0 and at < n_pixels:
                     grad_image[at + c * g.channel_stride] += grad_out[element + b]
+        if pause_at(scratch, c + 1, c1):
+            break
     return True
 
 
@@ -293,13 +314,18 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* roi_grad = <floating*>scratch.buffers[2]
     cdef Py_ssize_t* best_at = <Py_ssize_t*>scratch.buffers[3]
     cdef floating* best = <floating*>(best_at + call.block)
+    cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
+    cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
-    if call.image_first[it.image] == call.image_first[it.image + 1]:
+    if call.image_first[it.image] == last:
         return True  # an image without RoIs keeps its zero gradient
     pack_block(<const floating*>call.features + it.image * g.image_stride, g, it.first_channel,
                it.n_channels, packed, call.block)
-    memset(packed_grad, 0, n_packed * sizeof(floating))
-    for j in range(call.image_first[it.image], call.image_first[it.image + 1]):
+    if scratch.resuming:  # the sums so far, saved when the item paused (exact copies)
+        pack_block(grad_image, g, it.first_channel, it.n_channels, packed_grad, call.block)
+    else:
+        memset(packed_grad, 0, n_packed * sizeof(floating))
+    for j in range(resume_from(scratch, call.image_first[it.image]), last):
         k = call.roi_order[j]
         roi_bins(&bins, <const floating*>call.boxes + 4 * k, <floating>call.spatial_scale, g,
                  ROI_POOL_BINS)
@@ -307,8 +333,9 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
                  it.first_channel, it.n_channels, call.block)
         unpool_max_channels_last(packed_grad, roi_grad, packed, g, &bins, call.block, 0,
                                  call.block, best, best_at)
-    unpack_block(packed_grad, <floating*>call.result + it.image * g.image_stride, g,
-                 it.first_channel, it.n_channels, call.block)
+        if pause_at(scratch, j + 1, last):
+            break
+    unpack_block(packed_grad, grad_image, g, it.first_channel, it.n_channels, call.block)
     return True
 
 
@@ -316,8 +343,8 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
               const Py_ssize_t[::1] batch_index, const Py_ssize_t[::1] roi_order,
               const Py_ssize_t[::1] image_first, double spatial_scale,
               const floating* features, int32_t* argmax, floating* result,
-              Geometry g, bint backward, bint packed, Py_ssize_t block, Py_ssize_t first_item,
-              int n_threads):
+              Geometry g, bint backward, bint packed, Py_ssize_t block,
+              Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Fill the KernelCall and run the work items of the chosen kernel, without the GIL."""
     cdef KernelCall call = kernel_call(g, &values[0, 0, 0, 0], result, features, &boxes[0, 0],
                                        batch_index, roi_order, image_first, spatial_scale, block)
@@ -327,6 +354,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef size_t pooled_bytes = g.pooled_h * g.pooled_w * block * sizeof(floating)
     cdef size_t best_bytes = block * (sizeof(Py_ssize_t) + sizeof(floating))
     cdef Py_ssize_t n_items = n_block_items(&g, block)
+    cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done
     call.argmax = argmax
     if backward and argmax != NULL:
@@ -346,16 +374,16 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
                              &spec, n_threads)
         elif not backward:
             done = run_items(forward_block[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
         elif argmax != NULL:
             done = run_items(backward_argmax[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
         elif packed:
             done = run_items(backward_block[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
         else:
             done = run_items(backward_share[floating], &call, first_item, n_items,
-                             &spec, n_threads)
+                             &spec, n_threads, paused_at)
     return done
 
 
@@ -364,7 +392,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
             const Py_ssize_t[::1] roi_order, const Py_ssize_t[::1] image_first,
             double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
             floating[:, :, :, ::1] out, int32_t[:, :, :, ::1] argmax, bint packed,
-            Py_ssize_t block, Py_ssize_t first_item, int n_threads):
+            Py_ssize_t block, Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """RoIPool forward into `out`, one time slice of it (see _work_items.run_items): the
     next item to run from first_item on, 0 when done, -1 when out of memory.
 
@@ -377,7 +405,7 @@ def forward(const floating[:, :, :, ::1] features, bint channels_last,
     return run(features, boxes, batch_index, roi_order, image_first, spatial_scale,
                <const floating*>NULL,
                &argmax[0, 0, 0, 0] if argmax is not None else NULL, &out[0, 0, 0, 0], g,
-               False, packed, block, first_item, n_threads)
+               False, packed, block, paused, first_item, n_threads)
 
 
 def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
@@ -386,7 +414,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
              double spatial_scale, Py_ssize_t pooled_height, Py_ssize_t pooled_width,
              const floating[:, :, :, ::1] features, const int32_t[:, :, :, ::1] argmax,
              floating[:, :, :, ::1] grad_input, bint packed, Py_ssize_t block,
-             Py_ssize_t first_item, int n_threads):
+             Py_ssize_t[::1] paused, Py_ssize_t first_item, int n_threads):
     """Gradient of roi_pool w.r.t. the features, accumulated into zeroed `grad_input`, one
     time slice of it (returns as forward does).
 
@@ -399,7 +427,7 @@ def backward(const floating[:, :, :, ::1] grad_output, bint channels_last,
     return run(grad_output, boxes, batch_index, roi_order, image_first, spatial_scale,
                &features[0, 0, 0, 0] if features is not None else NULL,
                <int32_t*>&argmax[0, 0, 0, 0] if argmax is not None else NULL,
-               &grad_input[0, 0, 0, 0], g, True, packed, block, first_item, n_threads)
+               &grad_input[0, 0, 0, 0], g, True, packed, block, paused, first_item, n_threads)
 
 
 KERNELS = {"forward": forward, "backward": backward}

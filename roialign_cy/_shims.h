@@ -81,9 +81,6 @@ static inline Py_ssize_t roialign_fetch_add(Py_ssize_t* counter, Py_ssize_t n) {
 }
 #endif
 
-/* A kernel call returns to Python after about this long (between work items), so that
-   Ctrl-C is seen; the wrapper calls it again for the remaining items. */
-#define ROIALIGN_SLICE_SECONDS 0.2
 
 /* Seconds on a monotonic wall clock (OpenMP's); a serial build uses the process's clock. */
 #ifdef _OPENMP
@@ -92,5 +89,20 @@ static inline double roialign_seconds(void) { return omp_get_wtime(); }
 #include <time.h>
 static inline double roialign_seconds(void) { return (double)clock() / CLOCKS_PER_SEC; }
 #endif
+
+/* A kernel call returns to Python after about this long (between work items, or between
+   two steps of a long one), so that Ctrl-C is seen; the wrapper calls it again for the rest.
+   ROIALIGN_CY_SLICE_SECONDS (read once per module) changes it: the tests set 0, so that
+   every work item that can pause does, at every step. */
+#include <stdlib.h>
+static double roialign_slice_seconds_value = -1.0;
+static inline double roialign_slice_seconds(void) {
+    if (roialign_slice_seconds_value < 0) {
+        const char* text = getenv("ROIALIGN_CY_SLICE_SECONDS");
+        double value = text != NULL ? atof(text) : 0.2;
+        roialign_slice_seconds_value = value >= 0 && value <= 60 ? value : 0.2;
+    }
+    return roialign_slice_seconds_value;
+}
 
 #endif /* ROIALIGN_CY_SHIMS_H */

@@ -10,6 +10,6 @@ cdef extern from "_shims.h":
     bint roialign_cpu_has_avx2() noexcept nogil
     Py_ssize_t fetch_add "roialign_fetch_add"(Py_ssize_t* counter, Py_ssize_t n) noexcept nogil
     double seconds "roialign_seconds"() noexcept nogil
-    const double SLICE_SECONDS "ROIALIGN_SLICE_SECONDS"
+    double slice_seconds "roialign_slice_seconds"() noexcept nogil
     void transpose4 "roialign_transpose4"(const float* src, Py_ssize_t src_stride, float* dst,
                                           Py_ssize_t dst_stride) noexcept nogil

@@ -133,26 +133,33 @@ def test_merged_max_mode_is_exact(layout):
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child needs POSIX signals")
-@pytest.mark.parametrize("layout", LAYOUTS)
-def test_sigint_interrupts_a_long_call(layout):
+@pytest.mark.parametrize("layout,direction", [("NCHW", "forward"), ("NHWC", "forward"),
+                                              ("NCHW", "backward")])
+def test_sigint_interrupts_a_long_call(layout, direction):
     """Ctrl-C during a call of several seconds: KeyboardInterrupt within a second, and the
-    interpreter still works (another call succeeds)."""
+    interpreter still works (another call succeeds). The channels-first calls run packed
+    work items of ~1000 RoIs each (0.45 s forward here): they must pause inside an item."""
+    call = ("roi_align(x, boxes, 7, sampling_ratio=24, layout=layout, num_threads=1)"
+            if direction == "forward" else
+            "roi_align_backward(np.ones((4000, 256, 7, 7), np.float32), boxes, x.shape, 7, "
+            "sampling_ratio=24, layout=layout, num_threads=1)")
     code = textwrap.dedent(f"""
         import signal, sys, time
         import numpy as np
-        from roialign_cy import roi_align
+        from roialign_cy import roi_align, roi_align_backward
+        layout = {layout!r}
         # Python leaves SIGINT ignored when it starts ignored (a background job of a shell)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         rng = np.random.default_rng(0)
         x = rng.random((4, 256, 100, 100), dtype=np.float32)
-        if {layout!r} == "NHWC":
+        if layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        # About 8 s on one core: 4000 RoIs of 50-100 px, 24 x 24 samples per bin.
+        # About 10 s on one core: 4000 RoIs of 50-100 px, 24 x 24 samples per bin.
         boxes = np.column_stack([rng.integers(0, 4, 4000), rng.uniform(0, 50, (4000, 2)),
                                  rng.uniform(50, 100, (4000, 2))])
         print("start", flush=True)
         try:
-            roi_align(x, boxes, 7, sampling_ratio=24, layout={layout!r}, num_threads=1)
+            {call}
             print("finished", flush=True)
         except KeyboardInterrupt:
             print("interrupted", time.monotonic(), flush=True)
@@ -197,15 +204,16 @@ def test_no_scratch_for_idle_threads():
     assert float(out) == pytest.approx(1.0)
 
 
-def _kernel_arguments(features, boxes, batch_index, out):
+def _kernel_arguments(features, boxes, batch_index, out, paused=None):
     """roi_align's forward kernel arguments (the order _plan.run passes them), per RoI."""
     return (features, False, boxes, batch_index, None, None, 1.0, 2, 2, 2, False, False, out,
-            False, 1, 0, 1)
+            False, 1, paused, 0, 1)
 
 
 @pytest.mark.parametrize("bad", ["strided features", "float64 features", "3-D features",
                                  "boxes too few", "boxes of 5", "int32 batch_index",
-                                 "batch_index too long", "out of another size"])
+                                 "batch_index too long", "out of another size",
+                                 "paused list too short", "paused list corrupt"])
 def test_kernel_entry_refuses_what_it_cannot_read(bad):
     """The roi_align kernels read the call's arrays as raw buffers (_buffers.pxd): anything
     but the canonical arrays the wrapper hands over is an internal error, raised before a
@@ -220,6 +228,7 @@ def test_kernel_entry_refuses_what_it_cannot_read(bad):
     np.testing.assert_array_equal(kernel(*_kernel_arguments(features, boxes, batch_index, out)),
                                   0)  # the canonical call runs (and returns "done")
     out[...] = 7
+    paused = None
     if bad == "strided features":
         features = np.zeros((1, 2, 6, 12), np.float32)[..., ::2]
     elif bad == "float64 features":
@@ -234,8 +243,12 @@ def test_kernel_entry_refuses_what_it_cannot_read(bad):
         batch_index = batch_index.astype(np.int32)
     elif bad == "batch_index too long":
         batch_index = np.zeros(4, np.intp)
+    elif bad == "paused list too short":
+        paused = np.zeros(2, np.intp)  # room for one thread's item needs 3
+    elif bad == "paused list corrupt":
+        paused = np.array([5, 0, 0], np.intp)  # 5 paused items in room for one
     else:
         out = np.full((3, 3, 2, 2), 7, np.float32)
     with pytest.raises((ValueError, BufferError), match="internal error|contiguous|ndarray is not"):
-        kernel(*_kernel_arguments(features, boxes, batch_index, out))
+        kernel(*_kernel_arguments(features, boxes, batch_index, out, paused))
     assert (out == 7).all()
