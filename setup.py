@@ -293,8 +293,11 @@ def avx2_twin(source):
 
 
 def extension(name, source):
-    """An Extension that finds the package's C header (_shims.h) and .pxd files."""
-    return Extension(name, [source], include_dirs=[os.path.join(HERE, "roialign_cy")])
+    """An Extension that finds the package's C headers and .pxd files, and is rebuilt when
+    a header changes (the generated C only includes them)."""
+    headers = sorted(glob.glob(os.path.join("roialign_cy", "*.h")))
+    return Extension(name, [source], include_dirs=[os.path.join(HERE, "roialign_cy")],
+                     depends=headers)
 
 
 def extensions():

@@ -65,8 +65,12 @@ cdef inline void transpose(const pooled_value* src, Py_ssize_t src_stride, poole
             for i in range(0, tiled_rows, 4):
                 transpose4(<const float*>&src[i * src_stride + j], src_stride,
                            <float*>&dst[j * dst_stride + i], dst_stride)
-    for j in range(cols):
-        for i in range(tiled_rows if j < tiled_cols else 0, rows):
+    if tiled_rows < rows:  # the rows below the tiles (a loop over every j costs 15%)
+        for j in range(tiled_cols):
+            for i in range(tiled_rows, rows):
+                dst[j * dst_stride + i] = src[i * src_stride + j]
+    for j in range(tiled_cols, cols):  # the columns right of them
+        for i in range(rows):
             dst[j * dst_stride + i] = src[i * src_stride + j]
 
 

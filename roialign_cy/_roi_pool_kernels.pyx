@@ -25,6 +25,7 @@ from roialign_cy._kernel_call cimport (
     n_block_items,
     roi_of,
 )
+from roialign_cy._channel_gather cimport bin_max
 from roialign_cy._pool_bins cimport ROI_POOL_BINS, PoolBins, bins_in, roi_bins
 from roialign_cy._sample_table cimport floating
 from roialign_cy._work_items cimport (
@@ -61,18 +62,17 @@ cdef inline Py_ssize_t argmax_in_bin(const floating* plane, const Geometry* g,
 cdef inline void max_pool_channels_last(const floating* image, floating* out_roi,
                                         const Geometry* g, const PoolBins* bins,
                                         Py_ssize_t channels, int32_t* argmax_roi) noexcept nogil:
-    """Max over every bin for `channels` contiguous channels per pixel (they vectorize).
+    """Max over every bin for `channels` contiguous channels per pixel (bin_max: the
+    channels register-blocked, so each bin's maxima stay in registers over its pixels).
 
     `image` is channels-last with pixel stride `channels`: the features themselves, or a
     packed channel block. Unless argmax_roi is NULL, it receives (n_bins, channels) arg-max
     pixel indices y * W + x (-1: empty bin, or no value above -FLT_MAX), torchvision's
     (int32, as torchvision's).
     """
-    cdef Py_ssize_t ph, pw, y, x, c
-    cdef int32_t at  # the wrapper only asks for indices when H * W < 2**31
+    cdef Py_ssize_t ph, pw, c, y0, x0
     cdef floating* row
     cdef int32_t* arg_row
-    cdef const floating* pixel
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             row = out_roi + (ph * g.pooled_w + pw) * channels
@@ -84,60 +84,39 @@ cdef inline void max_pool_channels_last(const floating* image, floating* out_roi
                     for c in range(channels):
                         arg_row[c] = -1
                 continue
-            for c in range(channels):
-                row[c] = -FLT_MAX
-            if arg_row == NULL:
-                for y in range(bins.y_start[ph], bins.y_end[ph]):
-                    for x in range(bins.x_start[pw], bins.x_end[pw]):
-                        pixel = image + (y * g.width + x) * channels
-                        for c in range(channels):  # a select, not a branch: it vectorizes
-                            row[c] = pixel[c] if pixel[c] > row[c] else row[c]
-                continue
-            for c in range(channels):
-                arg_row[c] = -1
-            for y in range(bins.y_start[ph], bins.y_end[ph]):
-                for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    at = <int32_t>(y * g.width + x)
-                    pixel = image + <Py_ssize_t>at * channels
-                    for c in range(channels):
-                        arg_row[c] = at if pixel[c] > row[c] else arg_row[c]
-                        row[c] = pixel[c] if pixel[c] > row[c] else row[c]
+            y0, x0 = bins.y_start[ph], bins.x_start[pw]
+            bin_max(image + (y0 * g.width + x0) * channels, g.width * channels, channels,
+                    bins.y_end[ph] - y0, bins.x_end[pw] - x0, y0 * g.width + x0, g.width,
+                    channels, row, arg_row)
 
 
 cdef inline void unpool_max_channels_last(floating* grad_image, const floating* grad_roi,
                                           const floating* image, const Geometry* g,
                                           const PoolBins* bins, Py_ssize_t pixel_stride,
                                           Py_ssize_t c0, Py_ssize_t c1, floating* best,
-                                          Py_ssize_t* best_at) noexcept nogil:
+                                          int32_t* best_at) noexcept nogil:
     """Backward of max_pool_channels_last for channels [c0, c1): each bin's gradient, per
-    channel, to its arg-max, found for all those channels in one pass over the bin.
+    channel, to its arg-max, found for all those channels in one pass over the bin (bin_max).
 
     `image` and `grad_image` are channels-last with `pixel_stride` values per pixel (the
     features, or packed blocks), `grad_roi` is (n_bins, pixel_stride); best and best_at are
     scratch rows of c1 - c0 entries.
     """
-    cdef Py_ssize_t ph, pw, y, x, c, at
+    cdef Py_ssize_t ph, pw, c, y0, x0
     cdef Py_ssize_t n = c1 - c0
-    cdef const floating* pixel
     cdef const floating* grad_row
     for ph in range(g.pooled_h):
         for pw in range(g.pooled_w):
             if bins.y_end[ph] <= bins.y_start[ph] or bins.x_end[pw] <= bins.x_start[pw]:
                 continue  # an empty bin sends no gradient
-            for c in range(n):
-                best[c] = -FLT_MAX
-                best_at[c] = -1
-            for y in range(bins.y_start[ph], bins.y_end[ph]):
-                for x in range(bins.x_start[pw], bins.x_end[pw]):
-                    at = (y * g.width + x) * pixel_stride + c0
-                    pixel = image + at
-                    for c in range(n):  # selects, not branches: they vectorize
-                        best_at[c] = at if pixel[c] > best[c] else best_at[c]
-                        best[c] = pixel[c] if pixel[c] > best[c] else best[c]
+            y0, x0 = bins.y_start[ph], bins.x_start[pw]
+            bin_max(image + (y0 * g.width + x0) * pixel_stride + c0, g.width * pixel_stride,
+                    pixel_stride, bins.y_end[ph] - y0, bins.x_end[pw] - x0, y0 * g.width + x0,
+                    g.width, n, best, best_at)
             grad_row = grad_roi + (ph * g.pooled_w + pw) * pixel_stride + c0
             for c in range(n):
                 if best_at[c] >= 0:
-                    grad_image[best_at[c] + c] += grad_row[c]
+                    grad_image[<Py_ssize_t>best_at[c] * pixel_stride + c0 + c] += grad_row[c]
 
 
 cdef inline void max_pool_plane(const floating* plane, floating* out_plane,
@@ -228,8 +207,8 @@ cdef bint backward_share(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef const Geometry* g = &call.g
     cdef BlockItem it = block_item(item, g.channels, call.block)
     cdef PoolBins bins = bins_in(scratch.buffers[0], g.pooled_h, g.pooled_w)
-    cdef Py_ssize_t* best_at = <Py_ssize_t*>scratch.buffers[1]
-    cdef floating* best = <floating*>(best_at + call.block)
+    cdef int32_t* best_at = <int32_t*>scratch.buffers[1]
+    cdef floating* best = <floating*>scratch.buffers[1] + call.block
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef const floating* image = <const floating*>call.features + it.image * g.image_stride
     cdef const floating* grad_roi
@@ -312,8 +291,8 @@ cdef bint backward_block(const KernelCall* call, Scratch* scratch, Py_ssize_t it
     cdef floating* packed = <floating*>scratch.buffers[1]
     cdef floating* packed_grad = packed + n_packed
     cdef floating* roi_grad = <floating*>scratch.buffers[2]
-    cdef Py_ssize_t* best_at = <Py_ssize_t*>scratch.buffers[3]
-    cdef floating* best = <floating*>(best_at + call.block)
+    cdef int32_t* best_at = <int32_t*>scratch.buffers[3]
+    cdef floating* best = <floating*>scratch.buffers[3] + call.block
     cdef floating* grad_image = <floating*>call.result + it.image * g.image_stride
     cdef Py_ssize_t last = call.image_first[it.image + 1]
     cdef Py_ssize_t j, k
@@ -352,7 +331,7 @@ cdef Py_ssize_t run(const floating[:, :, :, ::1] values, const floating[:, ::1] 
     cdef size_t bins_bytes = 2 * (g.pooled_h + g.pooled_w) * sizeof(Py_ssize_t)
     cdef size_t packed_bytes = g.height * g.width * block * sizeof(floating)
     cdef size_t pooled_bytes = g.pooled_h * g.pooled_w * block * sizeof(floating)
-    cdef size_t best_bytes = block * (sizeof(Py_ssize_t) + sizeof(floating))
+    cdef size_t best_bytes = 2 * block * sizeof(floating)  # a block of int32 arg-max, then maxima
     cdef Py_ssize_t n_items = n_block_items(&g, block)
     cdef Py_ssize_t* paused_at = paused_list(paused, n_threads)
     cdef Py_ssize_t done

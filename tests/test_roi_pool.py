@@ -161,6 +161,29 @@ def test_ties_first_maximum_wins(layout):
     np.testing.assert_allclose(got, expected, rtol=1e-15, atol=1e-15)
 
 
+@pytest.mark.parametrize("build", ["baseline", None])
+@pytest.mark.parametrize("variant", ["per_roi", "packed"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_ties_in_every_channel_block(layout, variant, build):
+    """float32 ties across the register-blocked widths of the channel loops (43 channels:
+    a block of 4 vectors, one vector, 3 scalars; the packed variant pads to 48): the value,
+    the arg-max and the gradient of the first maximum, as the loop reference gives them."""
+    rng = np.random.default_rng(43)
+    features = rng.integers(-2, 2, (2, 43, 9, 11)).astype(np.float32)  # ties everywhere
+    boxes = random_boxes(rng, 2, 9, 11, 1.0, n_boxes=30)
+    grad_output = rng.integers(1, 4, (30, 43, 3, 2)).astype(np.float32)
+    pooled_ref, grad_ref = reference_roi_pool(features, boxes, (3, 2), 1.0, grad_output)
+    pooled, argmax = _roi_pool.forward(to_layout(features, layout), boxes, (3, 2), 1.0,
+                                       layout=layout, return_argmax=True, variant=variant,
+                                       build=build)
+    np.testing.assert_array_equal(to_nchw(pooled, layout), pooled_ref)
+    for argmax_given in (None, argmax):
+        grad = _roi_pool.backward(to_layout(grad_output, layout), boxes,
+                                  to_layout(features, layout), (3, 2), 1.0, layout=layout,
+                                  argmax=argmax_given, variant=variant, build=build)
+        np.testing.assert_array_equal(to_nchw(grad, layout), grad_ref)  # integers: exact
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_nan_is_never_the_maximum(dtype, layout):
